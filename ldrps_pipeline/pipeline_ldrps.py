@@ -1,0 +1,534 @@
+# Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
+# Parts of `encode_prompt`, the callback handling and the properties are adapted from diffusers'
+# StableDiffusionPipeline (Copyright The HuggingFace Team, Apache License 2.0).
+"""LD-RPS: zero-shot unified image restoration by latent-diffusion recurrent posterior sampling.
+
+``LDRPSPipeline.__call__`` follows ALGORITHM.md step by step; the numbered comments there name
+the section of ALGORITHM.md that each block implements.
+
+Every sibling module this file needs is imported here directly (and none of them imports another),
+so that diffusers' remote-code loader, which copies only a pipeline file's direct relative imports,
+finds them all when this file is used as ``custom_pipeline`` or from a Hub export.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .alignment_ldrps import AlignmentModule, AlignmentTrainer
+from .captioning_ldrps import caption_images
+from .guidance_ldrps import posterior_loss
+from .perceptual_ldrps import PerceptualFeatures
+from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list[PIL.Image.Image] | list[np.ndarray]
+
+
+@dataclass
+class LDRPSPipelineOutput(BaseOutput):
+    """Output of :class:`LDRPSPipeline`.
+
+    Args:
+        images: the restored images, at the inputs' own sizes: a list of PIL images, a numpy array
+            (B, H, W, 3), a torch tensor (B, 3, H, W) in [0, 1], or the final latents of sample 0.
+        prompts: the prompt actually used for each image (the caption, the given prompt, or "").
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    prompts: list[str]
+
+
+def _validate_pixels(array: torch.Tensor, what: str) -> torch.Tensor:
+    """Float32 pixels in [0, 1] from uint8 or float input; clear errors for anything else."""
+    if array.dtype == torch.uint8:
+        return array.float() / 255.0
+    if not array.is_floating_point():
+        raise ValueError(f"{what} must hold uint8 or floating-point pixels, got dtype {array.dtype}")
+    array = array.float()
+    if not torch.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinite pixel values")
+    if array.numel() and (array.min() < 0 or array.max() > 1):
+        raise ValueError(
+            f"{what} must be in [0, 1] (floats) or 0-255 (uint8); got values in "
+            f"[{array.min().item():.3g}, {array.max().item():.3g}]. A tensor in [-1, 1] needs (x + 1) / 2 first."
+        )
+    return array
+
+
+def image_to_tensor(image: PipelineImageInput) -> torch.Tensor:
+    """Convert the supported image inputs to one float32 batch (B, 3, H, W) in [0, 1], validating them.
+
+    Accepted: a PIL image (any mode, converted to RGB); a numpy array (H, W, 3) or (B, H, W, 3),
+    uint8 or float in [0, 1]; a torch tensor (3, H, W) or (B, 3, H, W), uint8 or float in [0, 1];
+    a list of PIL images or of (H, W, 3) arrays. All images of a batch must share one size.
+    """
+    if isinstance(image, list):
+        if not image:
+            raise ValueError("image is an empty list")
+        tensors = [image_to_tensor(item) for item in image]
+        sizes = {tuple(t.shape[-2:]) for t in tensors}
+        if len(sizes) > 1:
+            raise ValueError(f"all images of a batch must have the same size, got sizes {sorted(sizes)}")
+        return torch.cat(tensors)
+    if isinstance(image, PIL.Image.Image):
+        return _validate_pixels(torch.from_numpy(np.asarray(image.convert("RGB")).copy()), "image").permute(
+            2, 0, 1
+        )[None]
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (3, 4) or image.shape[-1] != 3:
+            raise ValueError(
+                f"a numpy image must have shape (H, W, 3) or (B, H, W, 3) (RGB, channels last), got {image.shape}"
+            )
+        tensor = _validate_pixels(torch.from_numpy(np.ascontiguousarray(image)), "image")
+        tensor = tensor[None] if tensor.ndim == 3 else tensor
+        return tensor.permute(0, 3, 1, 2).contiguous()
+    if isinstance(image, torch.Tensor):
+        if image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise ValueError(
+                f"a torch image must have shape (3, H, W) or (B, 3, H, W) (RGB, channels first), got {tuple(image.shape)}"
+            )
+        tensor = _validate_pixels(image.detach().cpu(), "image")
+        return tensor[None] if tensor.ndim == 3 else tensor
+    raise ValueError(f"image must be a PIL image, numpy array, torch tensor or a list of them, got {type(image)}")
+
+
+class LDRPSPipeline(DiffusionPipeline):
+    """Zero-shot unified image restoration with a text-to-image latent diffusion prior (LD-RPS).
+
+    A captioner describes what the clean image should show; DDIM sampling from noise is steered
+    by the mismatch between the degraded input and an alignment network ``f`` applied to the
+    clean estimate, with ``f`` trained online on the one image; the sampling is then re-run from
+    its own re-noised result. The output has the input's own size and aspect ratio.
+
+    Args:
+        vae: the latent autoencoder.
+        text_encoder: the CLIP text encoder of the prior.
+        tokenizer: its tokenizer.
+        unet: the noise (or v) prediction network with cross-attention.
+        scheduler: a DDIM scheduler (another diffusers scheduler is converted to DDIM with its config).
+        aligner: the alignment module template (architecture and optimiser settings; the weights are
+            re-initialised for every image).
+        posterior_scheduler: the recurrent posterior schedule, gates, weights and presets.
+        captioner: optional transformers image-text-to-text model that writes the prompt.
+        captioner_processor: its processor.
+        perceptual: optional VGG16 ``features[:9]`` extractor for the perceptual terms.
+    """
+
+    model_cpu_offload_seq = "captioner->text_encoder->unet"
+    _optional_components = ["captioner", "captioner_processor", "perceptual"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        aligner: AlignmentModule,
+        posterior_scheduler: RecurrentPosteriorScheduler,
+        captioner: Any = None,
+        captioner_processor: Any = None,
+        perceptual: PerceptualFeatures | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            logger.info(f"LD-RPS samples with DDIM: converting {type(scheduler).__name__} to DDIMScheduler.")
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            aligner=aligner,
+            posterior_scheduler=posterior_scheduler,
+            captioner=captioner,
+            captioner_processor=captioner_processor,
+            perceptual=perceptual,
+        )
+        # The prior is never trained: frozen parameters keep every gradient off the models.
+        for model in (vae, text_encoder, unet, captioner, perceptual):
+            if isinstance(model, torch.nn.Module):
+                model.requires_grad_(False)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Properties, as in diffusers' pipelines
+    # ----------------------------------------------------------------------------------------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ----------------------------------------------------------------------------------------
+    # Steps of a restoration
+    # ----------------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        recurrences: int | None,
+        strength: float | None,
+        guidance_scale: float,
+        preset: str | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> None:
+        """Raise a ``ValueError`` that names the problem for any invalid argument."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if recurrences is not None and (
+            isinstance(recurrences, bool) or not isinstance(recurrences, int) or recurrences < 0
+        ):
+            raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
+        if strength is not None and not (isinstance(strength, int | float) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
+            )
+
+    @staticmethod
+    def _per_image(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return [value] * batch_size
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} must be a string or a list of strings, got {type(value)}")
+        if len(value) != batch_size:
+            raise ValueError(f"{name} has {len(value)} entries for a batch of {batch_size} images")
+        return value
+
+    def caption(self, images: torch.Tensor) -> list[str]:
+        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows."""
+        pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
+        return caption_images(self.captioner, self.captioner_processor, pil_images)
+
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings of the prompts and, with classifier-free guidance, of the negative prompts."""
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            tokens = self.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            return self.text_encoder(tokens.input_ids.to(device))[0]
+
+        prompt_embeds = encode(prompts)
+        negative_prompt_embeds = encode(negative_prompts) if self.do_classifier_free_guidance else None
+        return prompt_embeds, negative_prompt_embeds
+
+    def latent_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The latent size covering ``height x width`` pixels, padded to what the UNet's downsampling needs."""
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        unet_factor = multiple // self.vae_scale_factor
+        return (
+            math.ceil(height / multiple) * unet_factor,
+            math.ceil(width / multiple) * unet_factor,
+        )
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``x0(z) = (D(z / s) + 1) / 2`` in float32, cropped from the padded grid to ``height x width``."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        if getattr(self.vae.config, "shift_factor", None) is not None:
+            latents = latents + self.vae.config.shift_factor
+        images = self.vae.decode(latents, return_dict=False)[0]
+        return ((images.float() + 1) / 2)[..., :height, :width]
+
+    def predict_noise(
+        self, latents: torch.Tensor, timestep: int, embeds: torch.Tensor, guidance_scale: float
+    ) -> torch.Tensor:
+        """One batched UNet call for all samples and both CFG branches; returns the guided prediction (fp32)."""
+        model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+        prediction = self.unet(
+            model_input.to(self.unet.dtype), timestep, encoder_hidden_states=embeds, return_dict=False
+        )[0].float()
+        if not self.do_classifier_free_guidance:
+            return prediction
+        uncond, cond = prediction.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def posterior_gradient(
+        self,
+        pred_original_sample: torch.Tensor,
+        degraded: torch.Tensor,
+        trainers: list[AlignmentTrainer],
+        posterior: RecurrentPosteriorScheduler,
+        timestep: int,
+        num_samples: int,
+    ) -> torch.Tensor | None:
+        """Train the alignment state of each image one step and return the guidance shift of sample 0.
+
+        ALGORITHM.md, "Alignment module" (steps 1-2) and "Guidance (posterior) term" (steps 1-5).
+
+        Args:
+            pred_original_sample: the clipped x0 latents of all samples, (B * S, C, h, w).
+            degraded: ``y``, (B, 3, H, W).
+            trainers: the per-image alignment state, one per image.
+            posterior: the (preset-resolved) posterior scheduler.
+            timestep: the current ``t``.
+            num_samples: S.
+
+        Returns:
+            ``g = grad(-scale * L, z0_hat)`` for sample 0 of every image, (B, C, h, w), or ``None``
+            when ``t`` is above the guidance gate.
+        """
+        batch_size, _, height, width = degraded.shape
+        guided = posterior.guidance_enabled(timestep)
+        latents = pred_original_sample.unflatten(0, (batch_size, num_samples))
+        z0 = latents[:, 0].detach().requires_grad_(guided)
+        # x = x0(z0_hat), with a graph only for the guided sample and only when guidance is on.
+        with torch.set_grad_enabled(guided):
+            estimate = self.decode(z0, height, width)
+        with torch.no_grad():
+            auxiliary = self.decode(latents[:, 1:].flatten(0, 1), height, width) if num_samples > 1 else None
+        estimates = estimate.detach()[:, None]
+        if auxiliary is not None:
+            estimates = torch.cat([estimates, auxiliary.unflatten(0, (batch_size, num_samples - 1))], dim=1)
+        for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
+            trainer.train_step(image_estimates, y, cap_perceptual=guided)
+        if not guided:
+            return None
+
+        weights = posterior.guidance_weights(timestep)
+        perceptual = self.perceptual.distance if self.perceptual is not None else None
+        with torch.enable_grad():
+            loss = 0.0
+            for trainer, x, y in zip(trainers, estimate.split(1), degraded.split(1), strict=True):
+                aligned = trainer.align(x)
+                adversarial = (
+                    trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
+                )
+                loss = loss + posterior_loss(
+                    aligned,
+                    y,
+                    x,
+                    mse_weight=weights.mse,
+                    perceptual_weight=weights.perceptual if perceptual is not None else 0.0,
+                    adversarial_term=adversarial,
+                    adversarial_weight=weights.adversarial,
+                    exposure_weight=weights.exposure,
+                    color_weight=weights.color,
+                    exposure_patch_size=posterior.config.exposure_patch_size,
+                    perceptual=perceptual,
+                )
+            (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
+        return gradient
+
+    def _generators(
+        self, generator: torch.Generator | list[torch.Generator] | None, batch_size: int
+    ) -> list[torch.Generator | None]:
+        if isinstance(generator, list):
+            if len(generator) != batch_size:
+                raise ValueError(f"got {len(generator)} generators for a batch of {batch_size} images")
+            return generator
+        return [generator] * batch_size
+
+    def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Fresh noise for every image from its own generator: (B * S, C, h, w)."""
+        return torch.cat(
+            [randn_tensor(shape, generator=g, device=device, dtype=torch.float32) for g in generators]
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PipelineImageInput,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        num_inference_steps: int = 450,
+        recurrences: int | None = None,
+        strength: float | None = None,
+        guidance_scale: float = 8.0,
+        preset: str | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> LDRPSPipelineOutput | tuple:
+        """Restore degraded images.
+
+        Args:
+            image: the degraded image(s): PIL, numpy (H, W, 3) / (B, H, W, 3), torch (3, H, W) /
+                (B, 3, H, W), uint8 or float in [0, 1], or a list; any size, restored at that size.
+            prompt: what the clean image shows; given, it skips the captioner. ``None``: the
+                captioner's caption, or "" (with a warning) without a captioner.
+            negative_prompt: the negative prompt of classifier-free guidance.
+            num_inference_steps: DDIM steps of pass 0 over the full schedule (paper: 450).
+            recurrences: passes after pass 0; ``None``: the posterior scheduler's (or preset's) value, 2 by default.
+            strength: the re-noising strength of a recurrence, in (0, 1]; ``None``: the scheduler's, 0.5 by default.
+            guidance_scale: classifier-free guidance scale (paper: 8); <= 1 disables CFG.
+            preset: ``"lowlight"``, ``"dehaze"``, ``"denoise"`` (the reference's per-task settings) or
+                ``"default"``; ``None`` uses the ``posterior_scheduler`` component as configured.
+            generator: a generator, or one per image for per-image reproducibility (a batch then
+                gives exactly the images of separate runs).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return an :class:`LDRPSPipelineOutput` rather than ``(images, prompts)``.
+            callback_on_step_end: called after every step of every pass as
+                ``callback(pipe, step_index, timestep, callback_kwargs)``; may return replacements.
+            callback_on_step_end_tensor_inputs: which tensors ``callback_kwargs`` holds (default ``["latents"]``).
+
+        Returns:
+            :class:`LDRPSPipelineOutput` with ``images`` and ``prompts``, or the tuple ``(images, prompts)``.
+        """
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        # 0. Check the arguments, resolve the preset and read the image.
+        self.check_inputs(
+            num_inference_steps,
+            recurrences,
+            strength,
+            guidance_scale,
+            preset,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
+        degraded = image_to_tensor(image)
+        batch_size, _, height, width = degraded.shape
+        prompts = self._per_image(prompt, batch_size, "prompt")
+        negative_prompts = self._per_image(negative_prompt, batch_size, "negative_prompt")
+        generators = self._generators(generator, batch_size)
+        device = self._execution_device
+        degraded = degraded.to(device)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        num_samples = posterior.config.num_samples
+
+        # 1. Text prompt: the given one, else the captioner's description of the clean image.
+        if prompts is None:
+            if posterior.config.use_caption and self.captioner is not None:
+                prompts = self.caption(degraded)
+            else:
+                if posterior.config.use_caption:
+                    logger.warning("No prompt and no captioner: restoring with the empty prompt.")
+                prompts = [""] * batch_size
+
+        # 2. Text embeddings with classifier-free guidance (negative prompt "" by default), one row per sample.
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompts, device)
+
+        # 3. The pass plan: pass 0 over the full schedule, then each recurrence over its tail.
+        passes = posterior.set_timesteps(num_inference_steps, self.scheduler, recurrences, strength)
+        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+
+        # 4. Fresh per-image state (alignment module, optimisers, discriminators) and initial noise.
+        trainers = []
+        for g in generators:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device if g else "cpu"))
+            trainers.append(
+                AlignmentTrainer(
+                    self.aligner,
+                    seed=seed,
+                    device=device,
+                    f_discriminator_lr=posterior.f_discriminator_lr(self.aligner.config.variant),
+                    g_discriminator_lr=posterior.config.g_discriminator_lr
+                    if posterior.config.adversarial_weight > 0
+                    else None,
+                    loss_weights=tuple(posterior.config.aligner_loss_weights),
+                    perceptual=self.perceptual.distance if self.perceptual is not None else None,
+                    perceptual_cap=posterior.config.aligner_perceptual_cap,
+                    perceptual_cap_factor=posterior.config.aligner_perceptual_cap_factor,
+                )
+            )
+        if self.perceptual is None and (posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0):
+            logger.info("No perceptual component: the perceptual terms are left out.")
+        latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
+        latents = self._noise(generators, latent_shape, device)
+
+        # 5. Recurrent posterior sampling.
+        embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
+        step_index = 0
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            for pass_index, timesteps in enumerate(passes):
+                if self.interrupt:
+                    break
+                if pass_index > 0:
+                    # Recurrence: re-noise the previous result to the strength timestep, same prompt.
+                    noise = self._noise(generators, latent_shape, device)
+                    latents = posterior.renoise(latents, noise, timesteps[0], self.scheduler)
+                for t in timesteps:
+                    if self.interrupt:
+                        break
+                    noise_pred = self.predict_noise(latents, t, embeds, guidance_scale)
+                    latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
+                    gradient = self.posterior_gradient(
+                        pred_original_sample, degraded, trainers, posterior, t, num_samples
+                    )
+                    if gradient is not None:
+                        latents = latents.unflatten(0, (batch_size, num_samples))
+                        latents[:, 0] += gradient
+                        latents = latents.flatten(0, 1)
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, step_index, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                        embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
+                    step_index += 1
+                    progress_bar.update()
+
+        # 6. The result: sample 0 of the last pass, decoded and cropped to the input's size.
+        result = latents.unflatten(0, (batch_size, num_samples))[:, 0]
+        if output_type == "latent":
+            images = result
+        else:
+            restored = self.decode(result, height, width).clamp(0, 1)
+            images = self.image_processor.postprocess(restored, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, prompts
+        return LDRPSPipelineOutput(images=images, prompts=prompts)
+
+    @staticmethod
+    def _cfg_embeddings(
+        prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, num_samples: int
+    ) -> torch.Tensor:
+        """Embeddings aligned with the UNet batch: [uncond of every sample, cond of every sample]."""
+        cond = prompt_embeds.repeat_interleave(num_samples, dim=0)
+        if negative_prompt_embeds is None:
+            return cond
+        return torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])

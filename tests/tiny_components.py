@@ -1,0 +1,86 @@
+"""Tiny pipeline components built from configs, offline (no weights, no downloads), for the tests."""
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ldrps_pipeline import AlignmentModule, LDRPSPipeline, PerceptualFeatures, RecurrentPosteriorScheduler
+from ldrps_pipeline.byte_tokenizer import byte_level_clip_tokenizer
+
+TEXT_HIDDEN = 16
+
+
+def tiny_components(seed: int = 0, perceptual: bool = True) -> dict:
+    """The components of a tiny LDRPSPipeline: VAE factor 2, UNet with one downsampling, 16-wide text encoder."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=32,
+            layer_norm_eps=1e-05,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=514,
+            max_position_embeddings=77,
+        )
+    ).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "vae": vae.eval(),
+        "text_encoder": text_encoder,
+        "tokenizer": byte_level_clip_tokenizer(),
+        "unet": unet.eval(),
+        "scheduler": scheduler,
+        "aligner": AlignmentModule(hidden_channels=(8, 8, 8)),
+        "posterior_scheduler": RecurrentPosteriorScheduler(),
+        "captioner": None,
+        "captioner_processor": None,
+        "perceptual": PerceptualFeatures(channels=(4, 8)).eval() if perceptual else None,
+    }
+
+
+def tiny_pipeline(seed: int = 0, **overrides) -> LDRPSPipeline:
+    """A tiny LDRPSPipeline on CPU, progress bar off."""
+    pipe = LDRPSPipeline(**{**tiny_components(seed), **overrides})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_image(height: int = 16, width: int = 16, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A smooth random RGB image batch (B, 3, H, W) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
