@@ -176,9 +176,7 @@ class AlignmentTrainer:
             self.g_discriminator = PatchDiscriminator(negative_slope=slope)
             kaiming_reset_(self.g_discriminator, generator, slope)
             self.g_discriminator.to(device)
-            self.g_discriminator_optimizer = torch.optim.Adam(
-                self.g_discriminator.parameters(), lr=g_discriminator_lr
-            )
+            self.g_discriminator_optimizer = torch.optim.Adam(self.g_discriminator.parameters(), lr=g_discriminator_lr)
         self.loss_weights = loss_weights
         self.perceptual = perceptual
         self.perceptual_cap = perceptual_cap
@@ -199,8 +197,7 @@ class AlignmentTrainer:
             aligned = self.aligner(estimates)
             # 1. D_f: real = y, fake = f(x).
             d_loss = 0.5 * (
-                _bce(self.f_discriminator(degraded), True)
-                + _bce(self.f_discriminator(aligned.detach()), False)
+                _bce(self.f_discriminator(degraded), True) + _bce(self.f_discriminator(aligned.detach()), False)
             )
             self.f_discriminator_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()

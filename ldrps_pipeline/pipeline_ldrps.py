@@ -85,9 +85,9 @@ def image_to_tensor(image: PipelineImageInput) -> torch.Tensor:
             raise ValueError(f"all images of a batch must have the same size, got sizes {sorted(sizes)}")
         return torch.cat(tensors)
     if isinstance(image, PIL.Image.Image):
-        return _validate_pixels(torch.from_numpy(np.asarray(image.convert("RGB")).copy()), "image").permute(
-            2, 0, 1
-        )[None]
+        return _validate_pixels(torch.from_numpy(np.asarray(image.convert("RGB")).copy()), "image").permute(2, 0, 1)[
+            None
+        ]
     if isinstance(image, np.ndarray):
         if image.ndim not in (3, 4) or image.shape[-1] != 3:
             raise ValueError(
@@ -203,7 +203,11 @@ class LDRPSPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         """Raise a ``ValueError`` that names the problem for any invalid argument."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps <= 0
+        ):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if recurrences is not None and (
             isinstance(recurrences, bool) or not isinstance(recurrences, int) or recurrences < 0
@@ -337,9 +341,7 @@ class LDRPSPipeline(DiffusionPipeline):
             loss = 0.0
             for trainer, x, y in zip(trainers, estimate.split(1), degraded.split(1), strict=True):
                 aligned = trainer.align(x)
-                adversarial = (
-                    trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
-                )
+                adversarial = trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
                 loss = loss + posterior_loss(
                     aligned,
                     y,
@@ -367,9 +369,7 @@ class LDRPSPipeline(DiffusionPipeline):
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Fresh noise for every image from its own generator: (B * S, C, h, w)."""
-        return torch.cat(
-            [randn_tensor(shape, generator=g, device=device, dtype=torch.float32) for g in generators]
-        )
+        return torch.cat([randn_tensor(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
 
     @torch.no_grad()
     def __call__(
@@ -471,7 +471,9 @@ class LDRPSPipeline(DiffusionPipeline):
                     perceptual_cap_factor=posterior.config.aligner_perceptual_cap_factor,
                 )
             )
-        if self.perceptual is None and (posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0):
+        if self.perceptual is None and (
+            posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        ):
             logger.info("No perceptual component: the perceptual terms are left out.")
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
         latents = self._noise(generators, latent_shape, device)
@@ -501,7 +503,12 @@ class LDRPSPipeline(DiffusionPipeline):
                         latents = latents.flatten(0, 1)
 
                     if callback_on_step_end is not None:
-                        callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                        available = {
+                            "latents": latents,
+                            "prompt_embeds": prompt_embeds,
+                            "negative_prompt_embeds": negative_prompt_embeds,
+                        }
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                         callback_outputs = callback_on_step_end(self, step_index, t, callback_kwargs)
                         latents = callback_outputs.pop("latents", latents)
                         prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)

@@ -18,6 +18,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+
 def percentile_clip(
     latents: torch.Tensor, quantile: float = 0.995, min_threshold: float = 1.0, max_threshold: float = 100.0
 ) -> torch.Tensor:
@@ -40,7 +41,6 @@ def percentile_clip(
     s = torch.quantile(flat, quantile, dim=1).clamp(min_threshold, max_threshold)
     s = s.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
     return torch.maximum(torch.minimum(latents, s), -s)
-
 
 
 # Per-task settings of the reference code (ALGORITHM.md, "Per-task settings"). A preset overrides
@@ -186,7 +186,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """A new scheduler: this one's config with preset ``name`` applied, then ``overrides``; ``self`` is unchanged."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return type(self).from_config({**self.config, **PRESETS[name], **overrides})
+        return type(self).from_config(self.config, **{**PRESETS[name], **overrides})
 
     def set_timesteps(
         self,
@@ -217,8 +217,8 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         return self.passes
 
     def guidance_enabled(self, timestep: int) -> bool:
-        """Whether the posterior guidance acts at ``timestep`` (``t < guidance_start``)."""
-        return timestep < self.config.guidance_start
+        """Whether the posterior guidance acts at ``timestep``: ``t < guidance_start`` and a non-zero scale."""
+        return timestep < self.config.guidance_start and self.config.posterior_scale != 0
 
     def guidance_weights(self, timestep: int) -> GuidanceWeights:
         """The loss weights at ``timestep``; the exposure and colour weights are zero above their gate."""
@@ -260,7 +260,9 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         alpha_prod_t = scheduler.alphas_cumprod[timestep].item()
         alpha_prod_t_prev = (
-            scheduler.alphas_cumprod[prev_timestep].item() if prev_timestep >= 0 else float(scheduler.final_alpha_cumprod)
+            scheduler.alphas_cumprod[prev_timestep].item()
+            if prev_timestep >= 0
+            else float(scheduler.final_alpha_cumprod)
         )
         beta_prod_t = 1 - alpha_prod_t
         prediction_type = scheduler.config.prediction_type

@@ -1,0 +1,10 @@
+"""Test-wide settings: one CPU thread per process.
+
+The tests use tiny models, which gain nothing from intra-op threads, and OpenMP threads that spin
+while another process holds the cores (a training run, a second pytest) slow tiny ops down by
+orders of magnitude.
+"""
+
+import torch
+
+torch.set_num_threads(1)

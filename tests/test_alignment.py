@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from ldrps_pipeline import AlignmentModule, AlignmentTrainer, PatchDiscriminator
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_reference_sizes():
+    residual, plain = AlignmentModule(), AlignmentModule(variant="plain")
+    # conv3x3 3->64->128->256 + conv1x1 256->3 (+ A: conv3x3 3->64, conv1x1 64->3, and k).
+    assert count(plain) == 1792 + 73856 + 295168 + 771
+    assert count(residual) == count(plain) + 1792 + 195 + 3
+    assert 360_000 < count(residual) < 380_000
+    assert residual.optimizer_weight_decay == 1e-5 and plain.optimizer_weight_decay == 0.0
+    x = torch.rand(2, 3, 13, 9)
+    assert residual(x).shape == x.shape and plain(x).shape == x.shape
+    assert PatchDiscriminator()(x).shape == (2, 1, 2, 2)
+    with pytest.raises(ValueError, match="variant"):
+        AlignmentModule(variant="unet")
+
+
+def test_reset_is_seeded_kaiming_with_zero_bias():
+    a, b = AlignmentModule(), AlignmentModule()
+    a.reset_parameters(torch.Generator().manual_seed(3))
+    b.reset_parameters(torch.Generator().manual_seed(3))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    conv = a.body[2]  # conv3x3 64->128
+    expected_std = torch.nn.init.calculate_gain("leaky_relu", 0.2) / (64 * 9) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert torch.all(conv.bias == 0) and torch.all(a.residual_scale == 1)
+
+
+def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1)):
+    return AlignmentTrainer(
+        AlignmentModule(hidden_channels=(8, 8, 8)),
+        seed=seed,
+        device=torch.device("cpu"),
+        f_discriminator_lr=1e-3,
+        g_discriminator_lr=1e-3 if adversarial else None,
+        loss_weights=loss_weights,
+    )
+
+
+def test_trainer_state_is_fresh_and_seeded():
+    first, again, other = make_trainer(0), make_trainer(0), make_trainer(1)
+    assert torch.equal(first.aligner.body[0].weight, again.aligner.body[0].weight)
+    assert not torch.equal(first.aligner.body[0].weight, other.aligner.body[0].weight)
+    assert make_trainer(adversarial=False).g_discriminator is None
+
+
+def test_train_step_fits_the_alignment_loss():
+    trainer = make_trainer(loss_weights=(1.0, 0.0, 0.0))
+    g = torch.Generator().manual_seed(0)
+    estimates, degraded = torch.rand(2, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    before = trainer.aligner.body[0].weight.clone()
+    losses = [trainer.train_step(estimates, degraded, cap_perceptual=False).item() for _ in range(30)]
+    assert not torch.equal(before, trainer.aligner.body[0].weight)
+    assert losses[-1] < losses[0]
+
+
+def test_guidance_path_gives_no_parameter_gradients():
+    trainer = make_trainer()
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    y = torch.rand(1, 3, 16, 16)
+    aligned = trainer.align(x)
+    adversarial = trainer.residual_adversarial_term(x, aligned, y)
+    (grad,) = torch.autograd.grad(((aligned - y) ** 2).mean() + adversarial, x)
+    assert grad.abs().sum() > 0
+    # The D_g step used its own backward; the guidance path put no gradient on f.
+    assert all(p.grad is None for p in trainer.aligner.parameters())

@@ -1,0 +1,242 @@
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
+
+from ldrps_pipeline import LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
+
+STEPS = 8  # pass 0: 8 steps; each recurrence (strength 0.5): 4 steps
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def run(pipe, image, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("output_type", "pt")
+    kwargs.setdefault("prompt", "a photo")
+    return pipe(image, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_output_types_and_shapes(pipe):
+    image = tiny_image(16, 16)
+    pt = run(pipe, image)
+    assert isinstance(pt, LDRPSPipelineOutput) and pt.prompts == ["a photo"]
+    assert pt.images.shape == (1, 3, 16, 16) and 0 <= pt.images.min() and pt.images.max() <= 1
+    np_out = run(pipe, image, output_type="np").images
+    assert np_out.shape == (1, 16, 16, 3) and np.allclose(np_out, pt.images.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    pil = run(pipe, image, output_type="pil").images
+    assert isinstance(pil[0], PIL.Image.Image) and pil[0].size == (16, 16)
+    latent = run(pipe, image, output_type="latent").images
+    assert latent.shape == (1, 4, 8, 8)
+    images, prompts = run(pipe, image, return_dict=False)
+    assert torch.equal(images, pt.images) and prompts == ["a photo"]
+
+
+def test_inputs_of_every_kind_give_the_same_result(pipe):
+    image = tiny_image(12, 20)
+    reference = run(pipe, image).images
+    as_uint8 = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    from_pil = run(pipe, PIL.Image.fromarray(as_uint8)).images
+    from_np = run(pipe, as_uint8).images
+    from_chw = run(pipe, torch.from_numpy(as_uint8).permute(2, 0, 1).float() / 255).images
+    assert torch.equal(from_pil, from_np) and torch.equal(from_np, from_chw)
+    assert torch.allclose(from_pil, reference, atol=0.05)  # differ only by 8-bit quantisation of the input
+
+
+def test_odd_size_comes_back_at_its_size(pipe):
+    out = run(pipe, tiny_image(45, 67), output_type="np").images
+    assert out.shape == (1, 45, 67, 3)
+    out = run(pipe, tiny_image(5, 3), output_type="pil").images
+    assert out[0].size == (3, 5)
+
+
+def test_same_seed_same_output_and_other_seed_differs(pipe):
+    image = tiny_image(16, 16)
+    a, b, c = (
+        run(pipe, image, seed=1).images,
+        run(pipe, image, seed=1).images,
+        run(pipe, image, seed=2).images,
+    )
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_batch_equals_separate_runs(pipe):
+    images = torch.cat([tiny_image(16, 16, seed=0), tiny_image(16, 16, seed=1)])
+    generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    batch = pipe(images, prompt=["a cat", "a dog"], num_inference_steps=STEPS, generator=generators, output_type="pt")
+    first = run(pipe, images[:1], seed=5, prompt="a cat").images
+    second = run(pipe, images[1:], seed=6, prompt="a dog").images
+    assert batch.prompts == ["a cat", "a dog"]
+    assert torch.allclose(batch.images[:1], first, atol=1e-4)
+    assert torch.allclose(batch.images[1:], second, atol=1e-4)
+
+
+def test_state_is_reset_between_images(pipe):
+    b_alone = run(pipe, tiny_image(16, 16, seed=1), seed=3).images
+    run(pipe, tiny_image(16, 16, seed=0), seed=4)
+    b_after_a = run(pipe, tiny_image(16, 16, seed=1), seed=3).images
+    assert torch.equal(b_alone, b_after_a)
+
+
+class TrainerSpy:
+    """Records the AlignmentTrainer instances the pipeline creates."""
+
+    def __init__(self, monkeypatch):
+        self.trainers = []
+        original = pipeline_ldrps.AlignmentTrainer
+
+        def make(*args, **kwargs):
+            trainer = original(*args, **kwargs)
+            self.trainers.append(trainer)
+            return trainer
+
+        monkeypatch.setattr(pipeline_ldrps, "AlignmentTrainer", make)
+
+
+def mismatch(pipe, monkeypatch, posterior_scale, seed):
+    pipe.posterior_scheduler = RecurrentPosteriorScheduler(posterior_scale=posterior_scale, recurrences=1)
+    spy = TrainerSpy(monkeypatch)
+    y = tiny_image(16, 16, seed=2)
+    x = run(pipe, y, seed=seed, num_inference_steps=20).images
+    with torch.no_grad():
+        return torch.mean((spy.trainers[-1].aligner(x) - y) ** 2).item()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_guidance_lowers_the_mismatch(monkeypatch, seed):
+    # A tiny random prior needs a large step to move its samples: the scale is far above the paper's.
+    pipe = tiny_pipeline()
+    guided = mismatch(pipe, monkeypatch, 4e6, seed)
+    unguided = mismatch(pipe, monkeypatch, 0.0, seed)
+    assert guided < 0.7 * unguided
+
+
+def test_no_guidance_for_t_at_or_above_700_and_passes(monkeypatch):
+    pipe = tiny_pipeline()
+    stepped, guided = [], []
+    real_step, real_loss = pipe.posterior_scheduler.step, pipeline_ldrps.posterior_loss
+
+    def step(model_output, timestep, sample, scheduler):
+        stepped.append(timestep)
+        return real_step(model_output, timestep, sample, scheduler)
+
+    def loss(*args, **kwargs):
+        guided.append(stepped[-1])
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.posterior_scheduler, "step", step)
+    monkeypatch.setattr(pipeline_ldrps, "posterior_loss", loss)
+    seen = []
+    run(
+        pipe,
+        tiny_image(16, 16),
+        num_inference_steps=10,
+        recurrences=2,
+        callback_on_step_end=lambda p, i, t, k: seen.append(t) or {},
+    )
+    assert seen == stepped and len(seen) == 10 + 2 * 5  # number of passes = 1 + recurrences
+    assert seen[0] == 901 and seen[9] == 1 and seen[10] == 401 and seen[15] == 401
+    assert guided == [t for t in stepped if t < 700] and len(guided) == 7 + 5 + 5
+
+
+def test_callback_every_step_can_edit_latents_and_interrupt(pipe):
+    calls = []
+
+    def callback(pipeline, i, t, kwargs):
+        calls.append((i, t, kwargs["latents"].shape))
+        if i == 3:
+            pipeline._interrupt = True
+        return {"latents": kwargs["latents"]}
+
+    run(pipe, tiny_image(16, 16), callback_on_step_end=callback)
+    assert [c[0] for c in calls] == [0, 1, 2, 3]
+    assert calls[0][2] == (2, 4, 8, 8)  # both samples of the one image
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        run(
+            pipe,
+            tiny_image(16, 16),
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["noise"],
+        )
+
+
+def test_models_are_frozen_and_collect_no_gradients(pipe):
+    run(pipe, tiny_image(16, 16))
+    for name in ("vae", "unet", "text_encoder", "perceptual"):
+        for p in getattr(pipe, name).parameters():
+            assert not p.requires_grad and p.grad is None, name
+    assert all(p.grad is None for p in pipe.aligner.parameters())
+
+
+def test_captioner_writes_the_prompt_and_a_given_prompt_skips_it(tmp_path):
+    model, processor = tiny_captioner(str(tmp_path))
+    pipe = tiny_pipeline(captioner=model, captioner_processor=processor)
+    calls = []
+    original_generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(1)
+        return original_generate(*args, **kwargs)
+
+    model.generate = counting_generate
+    captioned = pipe(tiny_image(16, 16), num_inference_steps=4, recurrences=0, output_type="pt")
+    assert len(calls) == 1 and captioned.prompts[0].startswith("cat")
+    given = pipe(tiny_image(16, 16), prompt="a dog", num_inference_steps=4, recurrences=0)
+    assert len(calls) == 1 and given.prompts == ["a dog"]
+    no_caption = pipe(tiny_image(16, 16), num_inference_steps=4, recurrences=0, preset="denoise")
+    assert len(calls) == 1 and no_caption.prompts == [""]
+
+
+def test_no_prompt_no_captioner_warns_once(pipe, caplog):
+    from diffusers.utils import logging
+
+    logging.enable_propagation()
+    try:
+        out = pipe(torch.cat([tiny_image(8, 8)] * 2), num_inference_steps=2, recurrences=0, output_type="pt")
+    finally:
+        logging.disable_propagation()
+    assert out.prompts == ["", ""]
+    assert sum("empty prompt" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": -3}, "num_inference_steps"),
+        ({"strength": 0.0}, "strength"),
+        ({"strength": 1.5}, "strength"),
+        ({"recurrences": -1}, "recurrences"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"preset": "deblur"}, "preset"),
+        ({"output_type": "jpeg"}, "output_type"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(tiny_image(8, 8), **{"num_inference_steps": 2, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (torch.rand(8, 8), "shape"),
+        (torch.rand(1, 1, 3, 8, 8), "shape"),
+        (torch.rand(1, 4, 8, 8), "shape"),
+        (np.random.rand(8, 8, 1), "shape"),
+        (torch.full((3, 8, 8), float("nan")), "NaN"),
+        (np.full((8, 8, 3), np.inf, dtype=np.float32), "NaN or infinite"),
+        (torch.rand(3, 8, 8) * 2 - 1, r"\[0, 1\]"),
+        ([tiny_image(8, 8)[0], tiny_image(8, 9)[0]], "same size"),
+        ("image.png", "PIL image"),
+    ],
+)
+def test_bad_images_raise_clear_errors(pipe, image, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(image, num_inference_steps=2)

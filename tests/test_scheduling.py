@@ -1,0 +1,114 @@
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from ldrps_pipeline import PRESETS, RecurrentPosteriorScheduler
+from ldrps_pipeline.scheduling_ldrps import percentile_clip
+
+
+def sd_ddim() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def test_paper_pass_plan():
+    passes = RecurrentPosteriorScheduler().set_timesteps(450, sd_ddim(), recurrences=2, strength=0.5)
+    assert len(passes) == 3
+    assert passes[0][:2] == [899, 897] and passes[0][-1] == 1 and len(passes[0]) == 450
+    for tail in passes[1:]:
+        assert tail[0] == 449 and tail[-1] == 1 and len(tail) == 225
+
+
+def test_recurrences_and_strength_default_to_config():
+    scheduler = RecurrentPosteriorScheduler(recurrences=1, strength=0.2)
+    passes = scheduler.set_timesteps(10, sd_ddim())
+    assert [len(p) for p in passes] == [10, 2]
+
+
+def test_strength_too_small_for_the_steps_is_refused():
+    with pytest.raises(ValueError, match="leaves no step"):
+        RecurrentPosteriorScheduler().set_timesteps(3, sd_ddim(), recurrences=1, strength=0.2)
+
+
+def test_percentile_clip_hand_computed():
+    # 200 values: |x| = 0.01 .. 2.00; the 0.995 quantile (linear) is 1.99005; nothing is divided.
+    values = torch.linspace(0.01, 2.0, 200)
+    signs = torch.where(torch.arange(200) % 2 == 0, 1.0, -1.0)
+    x = (values * signs).view(1, 2, 10, 10)
+    clipped = percentile_clip(x, 0.995, 1.0, 100.0)
+    s = 0.01 + 0.995 * 199 * 0.01
+    assert clipped.abs().max().item() == pytest.approx(s, abs=1e-5)
+    untouched = x.abs() <= s
+    assert torch.equal(clipped[untouched], x[untouched])
+    assert torch.allclose(clipped[~untouched].abs(), torch.tensor(s), atol=1e-5)
+
+
+def test_percentile_clip_threshold_bounds_and_per_sample():
+    small = torch.full((1, 4, 2, 2), 0.5)  # quantile 0.5 < 1: threshold clamped up to 1, nothing changes
+    large = torch.full((1, 4, 2, 2), 500.0)  # quantile 500 > 100: clipped to 100
+    out = percentile_clip(torch.cat([small, large]), 0.995, 1.0, 100.0)
+    assert torch.equal(out[0], small[0])
+    assert torch.all(out[1] == 100.0)
+
+
+def test_guidance_gates():
+    scheduler = RecurrentPosteriorScheduler.from_preset("lowlight")
+    assert not scheduler.guidance_enabled(700) and scheduler.guidance_enabled(699)
+    assert scheduler.guidance_weights(100).exposure == 0.0
+    late = scheduler.guidance_weights(99)
+    assert late.exposure == 1e-2 and late.color == 1e-2 and late.mse == 1.0
+    assert not RecurrentPosteriorScheduler(posterior_scale=0.0).guidance_enabled(10)
+
+
+def test_presets_reproduce_reference_settings_and_leave_original_alone():
+    base = RecurrentPosteriorScheduler(clip_max=50.0)
+    dehaze = base.with_preset("dehaze")
+    assert dehaze.config.posterior_scale == 25000.0 and dehaze.config.recurrences == 1
+    assert tuple(dehaze.config.aligner_loss_weights) == (0.2, 0.5, 0.2)
+    assert dehaze.f_discriminator_lr("residual") == 1e-4 and dehaze.f_discriminator_lr("plain") == 2e-5
+    assert dehaze.config.clip_max == 50.0  # fields a preset does not name keep their value
+    assert base.config.posterior_scale == 40000.0
+    assert set(PRESETS) == {"default", "lowlight", "dehaze", "denoise"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        base.with_preset("deblur")
+
+
+def test_scale_is_defined_at_reference_size():
+    scheduler = RecurrentPosteriorScheduler(posterior_scale=40000.0)
+    assert scheduler.scale_for(512, 512) == 40000.0
+    assert scheduler.scale_for(256, 512) == 20000.0
+
+
+def test_step_is_ddim_with_clipped_x0():
+    ddim = sd_ddim()
+    scheduler = RecurrentPosteriorScheduler()
+    scheduler.set_timesteps(10, ddim)
+    g = torch.Generator().manual_seed(0)
+    t = scheduler.passes[0][-1]
+    # Small latents: the clip threshold stays at its floor of 1 and nothing is clipped.
+    sample, eps = 0.2 * torch.randn(2, 4, 8, 8, generator=g), 0.01 * torch.randn(2, 4, 8, 8, generator=g)
+    prev, x0 = scheduler.step(eps, t, sample, ddim)
+    reference = ddim.step(eps, t, sample, eta=0.0)
+    assert torch.allclose(prev, reference.prev_sample, atol=1e-6)
+    assert torch.allclose(x0, reference.pred_original_sample, atol=1e-6)
+    # Large latents: x0 is the percentile clip of DDIM's x0.
+    big = 5 * torch.randn(2, 4, 8, 8, generator=g)
+    _, x0 = scheduler.step(eps, t, big, ddim)
+    unclipped = ddim.step(eps, t, big).pred_original_sample
+    assert not torch.equal(x0, unclipped)
+    assert torch.allclose(x0, percentile_clip(unclipped), atol=1e-6)
+
+
+def test_save_and_load_config(tmp_path):
+    scheduler = RecurrentPosteriorScheduler.from_preset("denoise", num_samples=3)
+    scheduler.save_pretrained(tmp_path)
+    loaded = RecurrentPosteriorScheduler.from_pretrained(tmp_path)
+    assert loaded.config.num_samples == 3 and loaded.config.posterior_scale == 40000.0
+    assert tuple(loaded.config.aligner_loss_weights) == (3.0, 0.002, 0.001)
