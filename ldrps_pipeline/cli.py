@@ -69,16 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=args.quiet)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for source, target, image in zip(args.inputs, outputs, images, strict=True):
-        result = pipe(
-            image,
-            prompt=args.prompt,
-            num_inference_steps=args.steps,
-            recurrences=args.recurrences,
-            strength=args.strength,
-            guidance_scale=args.guidance_scale,
-            preset=args.preset,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
+        try:
+            result = pipe(
+                image,
+                prompt=args.prompt,
+                num_inference_steps=args.steps,
+                recurrences=args.recurrences,
+                strength=args.strength,
+                guidance_scale=args.guidance_scale,
+                preset=args.preset,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+        except ValueError as error:
+            print(f"ldrps-restore: error: {source}: {error}", file=sys.stderr)
+            return 2
         result.images[0].save(target)
         if not args.quiet:
             print(f"{source} -> {target}  (prompt: {result.prompts[0]!r})")

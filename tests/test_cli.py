@@ -1,0 +1,72 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from ldrps_pipeline import cli
+from tiny_components import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+def write_image(path, height=10, width=14, seed=0):
+    rng = np.random.default_rng(seed)
+    PIL.Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def restore(model, *args):
+    return cli.main([*map(str, args), "--model", model, "--steps", "4", "--recurrences", "1", "--quiet"])
+
+
+def test_restores_each_input_under_its_name(model, tmp_path):
+    a = write_image(tmp_path / "a.png")
+    b = write_image(tmp_path / "b.jpg", 9, 5, seed=1)
+    before = a.read_bytes()
+    assert restore(model, a, b, "-o", tmp_path / "out") == 0
+    assert PIL.Image.open(tmp_path / "out" / "a.png").size == (14, 10)
+    assert PIL.Image.open(tmp_path / "out" / "b.png").size == (5, 9)
+    assert a.read_bytes() == before
+
+
+def test_never_writes_over_an_input_or_an_existing_output(model, tmp_path, capsys):
+    a = write_image(tmp_path / "a.png")
+    before = a.read_bytes()
+    assert restore(model, a, "-o", tmp_path) == 2  # would write tmp_path/a.png, the input itself
+    assert "is an input file" in capsys.readouterr().err
+    assert a.read_bytes() == before
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"keep me")
+    assert restore(model, a, "-o", out) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "a.png").read_bytes() == b"keep me"
+    assert restore(model, a, "-o", out, "--overwrite") == 0
+    assert PIL.Image.open(out / "a.png").size == (14, 10)
+
+
+def test_refuses_colliding_names_missing_files_and_bad_arguments(model, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    a = write_image(tmp_path / "a.png")
+    other = write_image(tmp_path / "x" / "a.jpg")
+    assert restore(model, a, other, "-o", tmp_path / "out") == 2
+    assert "would both be written" in capsys.readouterr().err
+    assert restore(model, tmp_path / "missing.png", "-o", tmp_path / "out") == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main([str(a), "-o", str(tmp_path / "o2"), "--model", model, "--steps", "0", "--quiet"]) == 2
+    assert "num_inference_steps" in capsys.readouterr().err
+
+
+def test_console_scripts_are_installed():
+    # Installed next to this interpreter by `pip install .`.
+    bin_dir = Path(sys.executable).parent
+    for command, flag in (("ldrps-restore", "--preset"), ("ldrps-export-hub", "output_dir")):
+        completed = subprocess.run([str(bin_dir / command), "--help"], capture_output=True, text=True)
+        assert completed.returncode == 0 and flag in completed.stdout, completed.stderr
