@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import BaseOutput, is_xformers_available, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -50,6 +50,10 @@ class LDRPSPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     prompts: list[str]
+
+
+def _is_int_at_least(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _validate_pixels(array: torch.Tensor, what: str) -> torch.Tensor:
@@ -166,6 +170,7 @@ class LDRPSPipeline(DiffusionPipeline):
             if isinstance(model, torch.nn.Module):
                 model.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self._xformers_enabled = False
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
         )
@@ -199,6 +204,7 @@ class LDRPSPipeline(DiffusionPipeline):
         strength: float | None,
         guidance_scale: float,
         preset: str | None,
+        unet_batch_size: int | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
@@ -219,6 +225,8 @@ class LDRPSPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if unet_batch_size is not None and not _is_int_at_least(unet_batch_size, 1):
+            raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -240,9 +248,21 @@ class LDRPSPipeline(DiffusionPipeline):
         return value
 
     def caption(self, images: torch.Tensor) -> list[str]:
-        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows."""
+        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows.
+
+        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for
+        the captions and back to the CPU right after, so that it holds no accelerator memory while sampling.
+        """
         pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
-        return caption_images(self.captioner, self.captioner_processor, pil_images)
+        device = self._execution_device
+        offload = device.type != "cpu" and not hasattr(self.captioner, "_hf_hook")
+        if offload:
+            self.captioner.to(device)
+        try:
+            return caption_images(self.captioner, self.captioner_processor, pil_images)
+        finally:
+            if offload:
+                self.captioner.to("cpu")
 
     def encode_prompt(
         self, prompts: list[str], negative_prompts: list[str], device: torch.device
@@ -281,13 +301,27 @@ class LDRPSPipeline(DiffusionPipeline):
         return ((images.float() + 1) / 2)[..., :height, :width]
 
     def predict_noise(
-        self, latents: torch.Tensor, timestep: int, embeds: torch.Tensor, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        embeds: torch.Tensor,
+        guidance_scale: float,
+        unet_batch_size: int | None = None,
     ) -> torch.Tensor:
-        """One batched UNet call for all samples and both CFG branches; returns the guided prediction (fp32)."""
+        """The guided noise (or v) prediction of all samples, in float32.
+
+        By default one batched UNet call covers all samples and both CFG branches;
+        ``unet_batch_size`` splits that batch into calls of at most that many rows (less memory, slower).
+        """
         model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-        prediction = self.unet(
-            model_input.to(self.unet.dtype), timestep, encoder_hidden_states=embeds, return_dict=False
-        )[0].float()
+        model_input = model_input.to(self.unet.dtype)
+        rows = unet_batch_size or model_input.shape[0]
+        prediction = torch.cat(
+            [
+                self.unet(chunk, timestep, encoder_hidden_states=chunk_embeds, return_dict=False)[0]
+                for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
+            ]
+        ).float()
         if not self.do_classifier_free_guidance:
             return prediction
         uncond, cond = prediction.chunk(2)
@@ -383,6 +417,7 @@ class LDRPSPipeline(DiffusionPipeline):
         guidance_scale: float = 8.0,
         preset: str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        unet_batch_size: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
@@ -404,6 +439,7 @@ class LDRPSPipeline(DiffusionPipeline):
                 ``"default"``; ``None`` uses the ``posterior_scheduler`` component as configured.
             generator: a generator, or one per image for per-image reproducibility (a batch then
                 gives exactly the images of separate runs).
+            unet_batch_size: rows per UNet call (``None``: all samples and both CFG branches in one call).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return an :class:`LDRPSPipelineOutput` rather than ``(images, prompts)``.
             callback_on_step_end: called after every step of every pass as
@@ -421,6 +457,7 @@ class LDRPSPipeline(DiffusionPipeline):
             strength,
             guidance_scale,
             preset,
+            unet_batch_size,
             output_type,
             callback_on_step_end_tensor_inputs,
         )
@@ -431,6 +468,10 @@ class LDRPSPipeline(DiffusionPipeline):
         negative_prompts = self._per_image(negative_prompt, batch_size, "negative_prompt")
         generators = self._generators(generator, batch_size)
         device = self._execution_device
+        if device.type == "cuda" and is_xformers_available() and not self._xformers_enabled:
+            # SDPA is diffusers' default; xformers' memory-efficient attention when it is installed.
+            self.enable_xformers_memory_efficient_attention()
+            self._xformers_enabled = True
         degraded = degraded.to(device)
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -492,7 +533,7 @@ class LDRPSPipeline(DiffusionPipeline):
                 for t in timesteps:
                     if self.interrupt:
                         break
-                    noise_pred = self.predict_noise(latents, t, embeds, guidance_scale)
+                    noise_pred = self.predict_noise(latents, t, embeds, guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                     gradient = self.posterior_gradient(
                         pred_original_sample, degraded, trainers, posterior, t, num_samples

@@ -2,9 +2,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
 
 from ldrps_pipeline import LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
+from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
 
 STEPS = 8  # pass 0: 8 steps; each recurrence (strength 0.5): 4 steps
 
