@@ -43,6 +43,19 @@ def percentile_clip(
     return torch.maximum(torch.minimum(latents, s), -s)
 
 
+# Stable Diffusion's noise schedule and DDIM settings (SD 1.x / 2.x), for building a ``DDIMScheduler``.
+STABLE_DIFFUSION_DDIM_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
 # Per-task settings of the reference code (ALGORITHM.md, "Per-task settings"). A preset overrides
 # these fields of the scheduler's config; everything else keeps its value. "default" is the
 # task-blind setting and overrides nothing.

@@ -3,19 +3,11 @@ import torch
 from diffusers import DDIMScheduler
 
 from ldrps_pipeline import PRESETS, RecurrentPosteriorScheduler
-from ldrps_pipeline.scheduling_ldrps import percentile_clip
+from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG, percentile_clip
 
 
 def sd_ddim() -> DDIMScheduler:
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    return DDIMScheduler(**STABLE_DIFFUSION_DDIM_CONFIG)
 
 
 def test_paper_pass_plan():

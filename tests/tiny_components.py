@@ -6,6 +6,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldrps_pipeline import AlignmentModule, LDRPSPipeline, PerceptualFeatures, RecurrentPosteriorScheduler
 from ldrps_pipeline.byte_tokenizer import byte_level_clip_tokenizer
+from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 TEXT_HIDDEN = 16
 
@@ -49,15 +50,7 @@ def tiny_components(seed: int = 0, perceptual: bool = True) -> dict:
             max_position_embeddings=77,
         )
     ).eval()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = DDIMScheduler(**STABLE_DIFFUSION_DDIM_CONFIG)
     return {
         "vae": vae.eval(),
         "text_encoder": text_encoder,
