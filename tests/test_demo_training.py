@@ -1,0 +1,147 @@
+"""End-to-end tests of the demo-model trainer with tiny sizes and budgets of a few steps."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldrps_pipeline import demo_training
+from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
+
+TINY = [
+    "--vae-channels", "8,16,16",
+    "--vae-layers", "1",
+    "--vae-norm-groups", "4",
+    "--unet-channels", "16,32,32",
+    "--unet-norm-groups", "8",
+    "--unet-heads", "2",
+    "--text-hidden", "16",
+    "--text-layers", "1",
+    "--crop-size", "32",
+    "--hires-size", "48",
+    "--hires-fraction", "0.5",
+    "--vae-batch", "4",
+    "--unet-batch", "8",
+    "--latent-bank", "32",
+    "--log-every", "1",
+    "--eval-crops", "1",
+    "--vae-steps", "4",
+    "--unet-steps", "4",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """Train in three interrupted invocations of the same command; return (output, work dir, argv)."""
+    root = tmp_path_factory.mktemp("demo")
+    output, work = root / "model", root / "work"
+    argv = ["--output", str(output), "--work-dir", str(work), *TINY, "--stop-after-steps", "3"]
+    assert demo_training.main(argv) == 0  # VAE steps 1-3, then stops
+    assert (work / "vae_checkpoint.pt").exists()
+    assert not (work / "vae").exists() and not output.exists()
+    assert demo_training.main(argv) == 0  # VAE step 4, UNet steps 1-3
+    assert (work / "vae" / "config.json").exists() and (work / "unet_checkpoint.pt").exists()
+    assert not output.exists()
+    assert demo_training.main(argv) == 0  # UNet step 4, then the output
+    return output, work, argv
+
+
+def test_resumed_run_continues_instead_of_restarting(trained: tuple[Path, Path, list[str]]) -> None:
+    _, work, _ = trained
+    log = json.loads((work / "training_log.json").read_text())
+    assert [r["step"] for r in log["vae"]] == [1, 2, 3, 4]
+    assert [r["step"] for r in log["unet"]] == [1, 2, 3, 4]
+    assert log["vae_steps"] == 4 and log["unet_steps"] == 4
+    assert log["done"] is True
+    assert all(r["loss"] > 0 for r in log["vae"] + log["unet"])
+    # the last part of each phase runs at the higher crop size with a smaller batch
+    assert log["vae"][-1]["size"] == 48 and log["vae"][0]["size"] == 32
+    assert log["unet"][-1]["batch"] < log["unet"][0]["batch"]
+    assert 0.0 < log["vae_heldout_psnr"] < 60.0
+    assert log["weights_bytes"] < 40e6
+
+
+def test_finished_run_is_not_repeated(trained: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture) -> None:
+    output, _, argv = trained
+    before = (output / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert demo_training.main(argv) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]]) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    output, _, _ = trained
+    for part in ("vae", "unet", "text_encoder"):
+        assert list((output / part).glob("*.safetensors")), part
+    vae = AutoencoderKL.from_pretrained(output / "vae")
+    unet = UNet2DConditionModel.from_pretrained(output / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(output / "text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(output / "tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(output / "scheduler")
+
+    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 3
+    assert vae.config.scaling_factor != 1.0 and vae.config.scaling_factor > 0
+    assert unet.config.cross_attention_dim == text_encoder.config.hidden_size == 16
+    assert "CrossAttnDownBlock2D" in unet.config.down_block_types
+    assert text_encoder.config.max_position_embeddings == 77
+    assert len(tokenizer) == 514
+    for key, value in STABLE_DIFFUSION_DDIM_CONFIG.items():
+        assert scheduler.config[key] == value, key
+    assert scheduler.config.prediction_type == "epsilon"
+
+    from ldrps_pipeline import LDRPSPipeline
+
+    pipe = LDRPSPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    restored = pipe(torch.rand(1, 3, 12, 8), prompt="", num_inference_steps=2, recurrences=0, output_type="pt")
+    assert restored.images.shape == (1, 3, 12, 8)
+
+    with torch.no_grad():
+        ids = tokenizer(["a photo of a cat", ""], padding="max_length", max_length=77, return_tensors="pt")
+        states = text_encoder(ids.input_ids)[0]
+        assert states.shape == (2, 77, 16)
+        image = torch.rand(2, 3, 32, 32) * 2 - 1
+        latents = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
+        assert latents.shape == (2, 4, 8, 8)
+        eps = unet(latents, torch.tensor([10, 500]), states).sample
+        assert eps.shape == latents.shape and torch.isfinite(eps).all()
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        assert decoded.shape == image.shape
+
+    readme = (output / "README.md").read_text()
+    assert "ldrps-train-demo" in readme and "held-out" in readme and "dB" in readme
+    assert "chelsea" in readme
+
+
+def test_changed_architecture_refuses_to_resume(trained: tuple[Path, Path, list[str]]) -> None:
+    _, work, _ = trained
+    argv = ["--output", str(work / "other"), "--work-dir", str(work), *TINY, "--unet-layers", "2"]
+    with pytest.raises(SystemExit, match="other model options"):
+        demo_training.main(argv)
+
+
+def test_size_limit_is_checked_before_training(tmp_path: Path) -> None:
+    argv = ["--output", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"), "--max-mb", "1"]
+    with pytest.raises(SystemExit, match="max-mb"):
+        demo_training.main(argv)
+    assert not (tmp_path / "w").exists()
+
+
+def test_presets_fit_the_size_limit() -> None:
+    for preset in demo_training.PRESETS:
+        args = demo_training.parse_args(["--output", "o", "--work-dir", "w", "--preset", preset])
+        counts = demo_training._check_size(args)
+        assert 4 * sum(counts.values()) <= 40e6
+
+
+def test_learning_rate_schedule() -> None:
+    peak = 1e-3
+    assert demo_training.learning_rate(0.0, peak, 0.1) < 0.1 * peak
+    assert demo_training.learning_rate(0.1, peak, 0.1) == pytest.approx(peak)
+    assert demo_training.learning_rate(0.55, peak, 0.1) == pytest.approx(0.51 * peak)
+    assert demo_training.learning_rate(1.0, peak, 0.1) == pytest.approx(0.02 * peak)
