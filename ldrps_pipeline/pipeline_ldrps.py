@@ -392,6 +392,27 @@ class LDRPSPipeline(DiffusionPipeline):
             (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
         return gradient
 
+    def new_alignment_state(
+        self, generator: torch.Generator | None, posterior: RecurrentPosteriorScheduler, device: torch.device
+    ) -> AlignmentTrainer:
+        """Fresh per-image state: ``f`` re-initialised from a seed drawn from the image's generator, its
+        optimiser, ``D_f`` and (only when the adversarial guidance term is on) ``D_g``."""
+        seed = int(
+            torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator else "cpu")
+        )
+        config = posterior.config
+        return AlignmentTrainer(
+            self.aligner,
+            seed=seed,
+            device=device,
+            f_discriminator_lr=posterior.f_discriminator_lr(self.aligner.config.variant),
+            g_discriminator_lr=config.g_discriminator_lr if config.adversarial_weight > 0 else None,
+            loss_weights=tuple(config.aligner_loss_weights),
+            perceptual=self.perceptual.distance if self.perceptual is not None else None,
+            perceptual_cap=config.aligner_perceptual_cap,
+            perceptual_cap_factor=config.aligner_perceptual_cap_factor,
+        )
+
     def _generators(
         self, generator: torch.Generator | list[torch.Generator] | None, batch_size: int
     ) -> list[torch.Generator | None]:
@@ -494,28 +515,7 @@ class LDRPSPipeline(DiffusionPipeline):
         self._num_timesteps = sum(len(timesteps) for timesteps in passes)
 
         # 4. Fresh per-image state (alignment module, optimisers, discriminators) and initial noise.
-        trainers = []
-        for g in generators:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device if g else "cpu"))
-            trainers.append(
-                AlignmentTrainer(
-                    self.aligner,
-                    seed=seed,
-                    device=device,
-                    f_discriminator_lr=posterior.f_discriminator_lr(self.aligner.config.variant),
-                    g_discriminator_lr=posterior.config.g_discriminator_lr
-                    if posterior.config.adversarial_weight > 0
-                    else None,
-                    loss_weights=tuple(posterior.config.aligner_loss_weights),
-                    perceptual=self.perceptual.distance if self.perceptual is not None else None,
-                    perceptual_cap=posterior.config.aligner_perceptual_cap,
-                    perceptual_cap_factor=posterior.config.aligner_perceptual_cap_factor,
-                )
-            )
-        if self.perceptual is None and (
-            posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
-        ):
-            logger.info("No perceptual component: the perceptual terms are left out.")
+        trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
         latents = self._noise(generators, latent_shape, device)
 
