@@ -207,8 +207,13 @@ class AlignmentTrainer:
             loss = w_mse * F.mse_loss(aligned, estimates)
             if w_pse > 0 and self.perceptual is not None:
                 perceptual_term = w_pse * self.perceptual(aligned, estimates)
-                if cap_perceptual and perceptual_term.item() > self.perceptual_cap:
-                    perceptual_term = self.perceptual_cap_factor * perceptual_term
+                if cap_perceptual:
+                    # torch.where rather than a Python `if`: no device sync in the sampling loop.
+                    perceptual_term = torch.where(
+                        perceptual_term > self.perceptual_cap,
+                        self.perceptual_cap_factor * perceptual_term,
+                        perceptual_term,
+                    )
                 loss = loss + perceptual_term
             if w_adv > 0:
                 loss = loss + w_adv * _bce(self.f_discriminator(aligned), True)

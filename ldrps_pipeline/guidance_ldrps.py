@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PerceptualDistanceToInput = Callable[[torch.Tensor], torch.Tensor]
 
 
 def exposure_loss(image: torch.Tensor, patch_size: int = 32, level: float = 0.5) -> torch.Tensor:
@@ -46,7 +46,7 @@ def posterior_loss(
     exposure_weight: float,
     color_weight: float,
     exposure_patch_size: int,
-    perceptual: PerceptualDistance | None,
+    perceptual_to_input: PerceptualDistanceToInput | None,
 ) -> torch.Tensor:
     """The guidance loss ``L`` of one image at one step (only called when ``t`` is below the guidance gate).
 
@@ -58,11 +58,12 @@ def posterior_loss(
         degraded: ``y``, the input, (1, 3, H, W).
         estimate: ``x``, the decoded clean estimate, (1, 3, H, W), with grad.
         adversarial_term: ``G = BCE(D_g(x - y), real)`` when ``adversarial_weight > 0``, else ``None``.
-        perceptual: the perceptual distance ``P``; required when ``perceptual_weight > 0``.
+        perceptual_to_input: ``a -> P(a, y)``, the perceptual distance to the input; required when
+            ``perceptual_weight > 0``.
     """
     loss = mse_weight * F.mse_loss(aligned, degraded)
     if perceptual_weight > 0:
-        loss = loss + perceptual_weight * perceptual(aligned, degraded)
+        loss = loss + perceptual_weight * perceptual_to_input(aligned)
     if adversarial_weight > 0:
         loss = loss + adversarial_weight * adversarial_term
     if exposure_weight > 0:

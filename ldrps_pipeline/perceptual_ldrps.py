@@ -66,4 +66,8 @@ class PerceptualFeatures(ModelMixin, ConfigMixin):
 
         The parameters are frozen by the pipeline, so only ``image`` (when it requires grad) gets a graph.
         """
-        return F.mse_loss(self(image).float(), self(reference).float())
+        return self.distance_to_features(image, self(reference).float())
+
+    def distance_to_features(self, image: torch.Tensor, reference_features: torch.Tensor) -> torch.Tensor:
+        """``P(a, b)`` with the features of ``b`` computed beforehand (for a ``b`` that does not change)."""
+        return F.mse_loss(self(image).float(), reference_features)

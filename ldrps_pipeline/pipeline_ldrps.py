@@ -14,6 +14,7 @@ finds them all when this file is used as ``custom_pipeline`` or from a Hub expor
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -335,6 +336,7 @@ class LDRPSPipeline(DiffusionPipeline):
         posterior: RecurrentPosteriorScheduler,
         timestep: int,
         num_samples: int,
+        degraded_features: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Train the alignment state of each image one step and return the guidance shift of sample 0.
 
@@ -347,6 +349,8 @@ class LDRPSPipeline(DiffusionPipeline):
             posterior: the (preset-resolved) posterior scheduler.
             timestep: the current ``t``.
             num_samples: S.
+            degraded_features: the perceptual features of ``y`` (computed once per image), or ``None``
+                without a perceptual component.
 
         Returns:
             ``g = grad(-scale * L, z0_hat)`` for sample 0 of every image, (B, C, h, w), or ``None``
@@ -355,42 +359,70 @@ class LDRPSPipeline(DiffusionPipeline):
         batch_size, _, height, width = degraded.shape
         guided = posterior.guidance_enabled(timestep)
         latents = pred_original_sample.unflatten(0, (batch_size, num_samples))
-        z0 = latents[:, 0].detach().requires_grad_(guided)
-        # x = x0(z0_hat), with a graph only for the guided sample and only when guidance is on.
-        with torch.set_grad_enabled(guided):
-            estimate = self.decode(z0, height, width)
-        with torch.no_grad():
-            auxiliary = self.decode(latents[:, 1:].flatten(0, 1), height, width) if num_samples > 1 else None
-        estimates = estimate.detach()[:, None]
-        if auxiliary is not None:
-            estimates = torch.cat([estimates, auxiliary.unflatten(0, (batch_size, num_samples - 1))], dim=1)
+        if guided:
+            # x = x0(z0_hat) with a graph for the guided sample only; the others without.
+            z0 = latents[:, 0].detach().requires_grad_(True)
+            with torch.enable_grad():
+                estimate = self.decode(z0, height, width)
+            estimates = estimate.detach()[:, None]
+            if num_samples > 1:
+                auxiliary = self.decode(latents[:, 1:].flatten(0, 1), height, width)
+                estimates = torch.cat([estimates, auxiliary.unflatten(0, (batch_size, num_samples - 1))], dim=1)
+        else:
+            estimates = self.decode(pred_original_sample, height, width).unflatten(0, (batch_size, num_samples))
         for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
             trainer.train_step(image_estimates, y, cap_perceptual=guided)
         if not guided:
             return None
 
-        weights = posterior.guidance_weights(timestep)
-        perceptual = self.perceptual.distance if self.perceptual is not None else None
         with torch.enable_grad():
-            loss = 0.0
-            for trainer, x, y in zip(trainers, estimate.split(1), degraded.split(1), strict=True):
-                aligned = trainer.align(x)
-                adversarial = trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
-                loss = loss + posterior_loss(
-                    aligned,
-                    y,
-                    x,
-                    mse_weight=weights.mse,
-                    perceptual_weight=weights.perceptual if perceptual is not None else 0.0,
-                    adversarial_term=adversarial,
-                    adversarial_weight=weights.adversarial,
-                    exposure_weight=weights.exposure,
-                    color_weight=weights.color,
-                    exposure_patch_size=posterior.config.exposure_patch_size,
-                    perceptual=perceptual,
-                )
+            loss = self.guidance_loss(estimate, degraded, trainers, posterior, timestep, degraded_features)
             (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
         return gradient
+
+    def guidance_loss(
+        self,
+        estimate: torch.Tensor,
+        degraded: torch.Tensor,
+        trainers: list[AlignmentTrainer],
+        posterior: RecurrentPosteriorScheduler,
+        timestep: int,
+        degraded_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The guidance loss ``L``, summed over the images (ALGORITHM.md, "Guidance", steps 1, 3 and 4).
+
+        Args:
+            estimate: ``x`` of the guided sample of every image, (B, 3, H, W), with a graph to ``z0_hat``.
+            degraded: ``y``, (B, 3, H, W).
+            trainers: the per-image alignment state (``f`` and ``D_g``).
+            posterior: gives the weights at ``timestep``.
+            timestep: the current ``t`` (below the guidance gate).
+            degraded_features: perceptual features of ``y``, or ``None`` without a perceptual component.
+        """
+        weights = posterior.guidance_weights(timestep)
+        loss = 0.0
+        for index, (trainer, x, y) in enumerate(zip(trainers, estimate.split(1), degraded.split(1), strict=True)):
+            aligned = trainer.align(x)
+            adversarial = trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
+            perceptual_to_input = None
+            if degraded_features is not None:
+                perceptual_to_input = partial(
+                    self.perceptual.distance_to_features, reference_features=degraded_features[index : index + 1]
+                )
+            loss = loss + posterior_loss(
+                aligned,
+                y,
+                x,
+                mse_weight=weights.mse,
+                perceptual_weight=weights.perceptual if perceptual_to_input is not None else 0.0,
+                adversarial_term=adversarial,
+                adversarial_weight=weights.adversarial,
+                exposure_weight=weights.exposure,
+                color_weight=weights.color,
+                exposure_patch_size=posterior.config.exposure_patch_size,
+                perceptual_to_input=perceptual_to_input,
+            )
+        return loss
 
     def new_alignment_state(
         self, generator: torch.Generator | None, posterior: RecurrentPosteriorScheduler, device: torch.device
@@ -519,8 +551,9 @@ class LDRPSPipeline(DiffusionPipeline):
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
         latents = self._noise(generators, latent_shape, device)
 
-        # 5. Recurrent posterior sampling.
+        # 5. Recurrent posterior sampling (constants of the loop computed once).
         embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
+        degraded_features = self.perceptual(degraded).float() if self.perceptual is not None else None
         step_index = 0
         with self.progress_bar(total=self._num_timesteps) as progress_bar:
             for pass_index, timesteps in enumerate(passes):
@@ -536,7 +569,7 @@ class LDRPSPipeline(DiffusionPipeline):
                     noise_pred = self.predict_noise(latents, t, embeds, guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                     gradient = self.posterior_gradient(
-                        pred_original_sample, degraded, trainers, posterior, t, num_samples
+                        pred_original_sample, degraded, trainers, posterior, t, num_samples, degraded_features
                     )
                     if gradient is not None:
                         latents = latents.unflatten(0, (batch_size, num_samples))
@@ -554,7 +587,8 @@ class LDRPSPipeline(DiffusionPipeline):
                         latents = callback_outputs.pop("latents", latents)
                         prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                         negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
+                        if "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs:
+                            embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
                     step_index += 1
                     progress_bar.update()
 

@@ -42,7 +42,7 @@ def test_posterior_loss_sums_the_weighted_terms_and_skips_zero_weights():
         adversarial_weight=0.0,
         exposure_weight=0.0,
         color_weight=0.0,
-        perceptual=forbidden,
+        perceptual_to_input=forbidden,
         **common,
     )
     assert plain.item() == pytest.approx(((aligned - degraded) ** 2).mean().item())
@@ -56,7 +56,7 @@ def test_posterior_loss_sums_the_weighted_terms_and_skips_zero_weights():
         adversarial_weight=0.1,
         exposure_weight=0.2,
         color_weight=0.3,
-        perceptual=lambda a, b: torch.tensor(4.0),
+        perceptual_to_input=lambda a: torch.tensor(4.0),
         **common,
     )
     expected = 2 * plain + 0.5 * 4 + 0.1 * 3 + 0.2 * exposure_loss(estimate, 4) + 0.3 * color_loss(estimate)

@@ -1,0 +1,741 @@
+"""``ldrps-speed-benchmark``: seconds per image and peak memory of LD-RPS in several configurations, side by side.
+
+Builds the real-size Stable Diffusion 2.1-base architecture (UNet ~866M parameters, the SD VAE, a
+CLIP text encoder of SD 2.1's shape) from configs with random weights, so that it needs no download,
+and restores one random smooth image in each configuration below, all in one run on one card, so
+that every speed-up is a ratio measured on the same machine:
+
+- ``reference``: the costs of the reference code (ALGORITHM.md, "Cost of the reference pattern"):
+  float32 everything, the UNet called in batches of 2 rows (two calls per step instead of one; the
+  reference calls it once per sample with its CFG pair, the same two batch-2 calls), and every
+  sample decoded with a graph and backpropagated through the decoder at every step
+  (:class:`ReferenceCostPipeline`); 450 steps + 2 recurrences at strength 0.5, 2 samples, CFG 8.
+  The reference also holds two full copies of SD; that memory is not reproduced.
+- ``paper``: the same settings with the pipeline's defaults: bf16 where the card supports it, one
+  batched UNet call per step (both samples, both CFG branches), the decoder backward only for the
+  guided sample and only below the guidance gate.
+- ``paper+vae-ckpt``: ``paper`` with gradient checkpointing in the VAE decoder (less memory, slower).
+- ``paper@1024``: ``paper`` on a 1024x1024 input (the decoder is tiled only if it would not fit).
+- ``paper-50+1``: not measured separately: ``paper``'s per-step costs over ``fast``'s schedule, to
+  separate what the shorter schedule saves from what the single sample saves.
+- ``fast``: bf16, one sample (``num_samples=1``: sample 1 only ever fed the training of the
+  alignment module), 50 steps + 1 recurrence at strength 0.5 (50 + 25 steps instead of 450 + 2 x 225).
+
+Only steps with ``t`` below the guidance gate (700) are guided (decoder backward); pass 0 of 450 steps
+has 100 unguided steps, the recurrences none. A full run of every configuration would take far
+longer than a lent GPU's lease, so each configuration runs a short pass-0 schedule chosen to have
+``warmup + N/2`` unguided then ``warmup + N`` guided steps (``N = --steps-measured``); the seconds
+of each kind of step are timed after a device synchronisation at every step end (the first
+``warmup`` steps of each kind are discarded), and the seconds per image are extrapolated with the
+exact numbers of unguided and guided steps of the configuration's full schedule. A step's cost does
+not depend on the timestep, only on whether it is guided (the exposure and colour terms below
+t = 100 add a few pixel-wise operations). Fixed costs per image (prompt encoding, re-noising, the
+final decode) are left out: together they cost less than one step. Peak memory is what the run
+allocated on the card, the weights of all components included.
+
+The same run checks that every output is finite and restores one image in a short identical run
+(``--check-steps`` steps, same seed) with ``reference``, with the default pipeline in float32 and
+with ``paper``, and reports their differences: the reference pattern computes the same restoration.
+
+Example (a CPU check with tiny models; on a GPU leave out ``--tiny``)::
+
+    ldrps-speed-benchmark --tiny --steps-measured 2 --json speed.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .alignment_ldrps import AlignmentModule, AlignmentTrainer
+from .byte_tokenizer import byte_level_clip_tokenizer
+from .perceptual_ldrps import PerceptualFeatures
+from .pipeline_ldrps import LDRPSPipeline
+from .scheduling_ldrps import RecurrentPosteriorScheduler
+
+PROMPT = "a photo of a landscape"
+"""The prompt of every restoration (no captioner: its cost is once per image and outside the loop)."""
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A restoration's step plan: pass 0 of ``steps`` steps, then ``recurrences`` passes at ``strength``."""
+
+    steps: int
+    recurrences: int
+    strength: float
+
+    def label(self) -> str:
+        return f"{self.steps} + {self.recurrences} x {int(self.steps * self.strength)}"
+
+
+PAPER_SCHEDULE = Schedule(steps=450, recurrences=2, strength=0.5)
+FAST_SCHEDULE = Schedule(steps=50, recurrences=1, strength=0.5)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The sizes of the benchmarked components and images.
+
+    Args:
+        unet: ``UNet2DConditionModel`` keyword arguments.
+        vae: ``AutoencoderKL`` keyword arguments.
+        text_encoder: ``CLIPTextConfig`` keyword arguments.
+        aligner_channels: hidden widths of the alignment module.
+        perceptual_channels: widths of the two VGG blocks of the perceptual features.
+        image_size: side of the square test image.
+        large_image_size: side of the large square test image.
+        unet_parameters: the expected UNet parameter count (checked within 1%), or ``None``.
+    """
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    aligner_channels: tuple[int, ...]
+    perceptual_channels: tuple[int, int]
+    image_size: int
+    large_image_size: int
+    unet_parameters: int | None
+
+
+# The token ids of the byte-level tokenizer: 512 <|startoftext|>, 513 <|endoftext|> (also padding).
+_TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513, "vocab_size": 49408}
+
+SD21_BASE = ModelSpec(
+    unet={
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 1024,
+        "attention_head_dim": (5, 10, 20, 20),
+        "use_linear_projection": True,
+    },
+    vae={
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    text_encoder={
+        **_TOKEN_IDS,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 23,
+        "num_attention_heads": 16,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "projection_dim": 512,
+    },
+    aligner_channels=(64, 128, 256),
+    perceptual_channels=(64, 128),
+    image_size=512,
+    large_image_size=1024,
+    unet_parameters=865_910_724,
+)
+"""Stable Diffusion 2.1-base's architecture (the reference's prior) and the paper's alignment module."""
+
+TINY = ModelSpec(
+    unet={
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 16,
+        "attention_head_dim": 4,
+        "norm_num_groups": 4,
+    },
+    vae={
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (8, 16),
+        "down_block_types": ("DownEncoderBlock2D",) * 2,
+        "up_block_types": ("UpDecoderBlock2D",) * 2,
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "sample_size": 32,
+    },
+    text_encoder={
+        **_TOKEN_IDS,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+    },
+    aligner_channels=(8, 8, 8),
+    perceptual_channels=(4, 8),
+    image_size=32,
+    large_image_size=64,
+    unet_parameters=None,
+)
+"""Tiny components for a CPU check of the same code path."""
+
+
+class ReferenceCostPipeline(LDRPSPipeline):
+    """BENCHMARK ONLY: LDRPSPipeline with the reference code's decoder costs, for ``ldrps-speed-benchmark``.
+
+    At every step, guided or not, the x0 latents of ALL samples are decoded in one batch with a graph
+    and the decoder is backpropagated for the whole batch, as the reference does (ALGORITHM.md, "Cost
+    of the reference pattern": 900 decoder forward+backward passes at 2x512x512 per image; above the
+    guidance gate its loss is 0 but the backward still runs). Only sample 0's gradient is used and
+    only below the gate, so the restoration is the one of :class:`LDRPSPipeline` (up to float
+    rounding); the extra work is wasted on purpose. Do not use it to restore images.
+    """
+
+    def posterior_gradient(
+        self,
+        pred_original_sample: torch.Tensor,
+        degraded: torch.Tensor,
+        trainers: list[AlignmentTrainer],
+        posterior: RecurrentPosteriorScheduler,
+        timestep: int,
+        num_samples: int,
+        degraded_features: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """:meth:`LDRPSPipeline.posterior_gradient`, with every sample decoded and backpropagated at every step."""
+        batch_size, _, height, width = degraded.shape
+        guided = posterior.guidance_enabled(timestep)
+        z0 = pred_original_sample.detach().requires_grad_()
+        with torch.enable_grad():
+            decoded = self.decode(z0, height, width)
+        estimates = decoded.detach().unflatten(0, (batch_size, num_samples))
+        for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
+            trainer.train_step(image_estimates, y, cap_perceptual=guided)
+        if not guided:
+            # The reference's loss is 0 above the gate, and it still pays for the decoder backward.
+            with torch.enable_grad():
+                torch.autograd.grad(0.0 * decoded.sum(), z0)
+            return None
+
+        # The reference recomputes the input's perceptual features at every step.
+        degraded_features = self.perceptual(degraded).float() if self.perceptual is not None else None
+        with torch.enable_grad():
+            guided_estimates = decoded.unflatten(0, (batch_size, num_samples))[:, 0]
+            loss = self.guidance_loss(guided_estimates, degraded, trainers, posterior, timestep, degraded_features)
+            (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
+        return gradient.unflatten(0, (batch_size, num_samples))[:, 0]
+
+
+def build_pipeline(spec: ModelSpec, device: torch.device, seed: int = 0) -> LDRPSPipeline:
+    """An :class:`LDRPSPipeline` of ``spec``'s sizes with random weights, in float32, built directly on ``device``.
+
+    Raises:
+        RuntimeError: when the UNet's parameter count is more than 1% off ``spec.unet_parameters``.
+    """
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**spec.unet)
+        vae = AutoencoderKL(**spec.vae)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**spec.text_encoder))
+        perceptual = PerceptualFeatures(channels=spec.perceptual_channels)
+    if spec.unet_parameters is not None:
+        count = sum(p.numel() for p in unet.parameters())
+        if abs(count - spec.unet_parameters) > 0.01 * spec.unet_parameters:
+            raise RuntimeError(f"the UNet has {count:,} parameters, expected about {spec.unet_parameters:,}")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = LDRPSPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=byte_level_clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        aligner=AlignmentModule(hidden_channels=spec.aligner_channels),
+        posterior_scheduler=RecurrentPosteriorScheduler(),
+        perceptual=perceptual.eval(),
+    ).to(device)  # the aligner template too, so that the execution device is the same whatever the order
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def smooth_image(size: int, seed: int = 0) -> torch.Tensor:
+    """A random smooth RGB image (1, 3, size, size) in [0, 1]: bilinear upsampling of 8x8 random pixels."""
+    coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """How many steps of a full restoration are unguided (``t`` at or above the gate) and guided."""
+
+    unguided: int
+    guided: int
+
+
+def step_counts(pipe: LDRPSPipeline, posterior: RecurrentPosteriorScheduler, schedule: Schedule) -> StepCounts:
+    """The exact unguided and guided step counts of ``schedule`` with ``pipe``'s DDIM scheduler."""
+    passes = posterior.set_timesteps(schedule.steps, pipe.scheduler, schedule.recurrences, schedule.strength)
+    guided = sum(posterior.guidance_enabled(t) for timesteps in passes for t in timesteps)
+    return StepCounts(unguided=sum(map(len, passes)) - guided, guided=guided)
+
+
+def measurement_steps(pipe: LDRPSPipeline, posterior: RecurrentPosteriorScheduler, unguided: int, guided: int) -> int:
+    """The fewest DDIM steps whose single pass has at least ``unguided`` unguided and ``guided`` guided steps."""
+    for steps in range(1, pipe.scheduler.config.num_train_timesteps + 1):
+        counts = step_counts(pipe, posterior, Schedule(steps=steps, recurrences=0, strength=1.0))
+        if counts.unguided >= unguided and counts.guided >= guided:
+            return steps
+    raise ValueError(f"no schedule has {unguided} unguided and {guided} guided steps")
+
+
+class StepClock:
+    """A ``callback_on_step_end`` that times every step and interrupts the run once enough are timed.
+
+    At every step end it synchronises the device and reads the clock; a step's time is the time since
+    the previous step's end (the first step, which includes the set-up, gets none). The first
+    ``warmup`` steps of each kind (unguided, guided) are discarded.
+    """
+
+    def __init__(self, device: torch.device, posterior: RecurrentPosteriorScheduler, warmup: int, guided: int) -> None:
+        self.device = device
+        self.posterior = posterior
+        self.warmup = warmup
+        self.wanted_guided = guided
+        self.seen = {False: 0, True: 0}
+        self.times: dict[bool, list[float]] = {False: [], True: []}
+        self.last: float | None = None
+
+    def __call__(self, pipe: LDRPSPipeline, step_index: int, timestep: int, callback_kwargs: dict) -> dict:
+        synchronize(self.device)
+        now = time.perf_counter()
+        guided = self.posterior.guidance_enabled(int(timestep))
+        if self.last is not None and self.seen[guided] >= self.warmup:
+            self.times[guided].append(now - self.last)
+        self.seen[guided] += 1
+        self.last = now
+        if len(self.times[True]) >= self.wanted_guided:
+            pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
+        return {}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds per unguided and guided step (means, and the raw times), peak device memory, output finiteness."""
+
+    unguided_step: float
+    guided_step: float
+    unguided_times: list[float]
+    guided_times: list[float]
+    peak_gib: float | None
+    finite: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the table: its settings, its full schedule's step counts and its step costs.
+
+    ``measured`` is False for a row that reuses another configuration's measurement over another schedule.
+    """
+
+    name: str
+    description: str
+    dtype: str
+    num_samples: int
+    image_size: int
+    schedule: Schedule
+    counts: StepCounts
+    measurement: Measurement
+    measured: bool = True
+    vae_tiling: bool = False
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Extrapolated: ``unguided steps * s/unguided step + guided steps * s/guided step``."""
+        m = self.measurement
+        return self.counts.unguided * m.unguided_step + self.counts.guided * m.guided_step
+
+
+def measure(
+    pipe: LDRPSPipeline,
+    image: torch.Tensor,
+    *,
+    warmup: int,
+    guided: int,
+    unguided: int,
+    seed: int,
+    **call_kwargs: Any,
+) -> Measurement:
+    """Time ``unguided`` unguided and ``guided`` guided steps of one restoration (after ``warmup`` of each)."""
+    device = pipe._execution_device
+    posterior = pipe.posterior_scheduler
+    steps = measurement_steps(pipe, posterior, warmup + unguided, warmup + guided)
+    clock = StepClock(device, posterior, warmup, guided)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    restored = pipe(
+        image,
+        prompt=PROMPT,
+        num_inference_steps=steps,
+        recurrences=0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        callback_on_step_end=clock,
+        **call_kwargs,
+    ).images
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    unguided_times, guided_times = clock.times[False], clock.times[True]
+    if len(guided_times) < guided or len(unguided_times) < unguided:
+        raise RuntimeError(f"timed {len(unguided_times)} unguided and {len(guided_times)} guided steps only")
+    return Measurement(
+        unguided_step=sum(unguided_times) / len(unguided_times),
+        guided_step=sum(guided_times) / len(guided_times),
+        unguided_times=unguided_times,
+        guided_times=guided_times,
+        peak_gib=peak,
+        finite=bool(torch.isfinite(restored).all()),
+    )
+
+
+def restore(pipe: LDRPSPipeline, image: torch.Tensor, steps: int, seed: int, **call_kwargs: Any) -> torch.Tensor:
+    """One restoration of ``steps`` steps without recurrence, as a float32 CPU tensor (1, 3, H, W)."""
+    return (
+        pipe(
+            image,
+            prompt=PROMPT,
+            num_inference_steps=steps,
+            recurrences=0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+            **call_kwargs,
+        )
+        .images.float()
+        .cpu()
+    )
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Max and mean absolute difference of two images."""
+    diff = (a - b).abs()
+    return {"max_abs": diff.max().item(), "mean_abs": diff.mean().item()}
+
+
+def variant(pipe: LDRPSPipeline, cls: type[LDRPSPipeline] = LDRPSPipeline, **replacements: Any) -> LDRPSPipeline:
+    """A pipeline of class ``cls`` sharing ``pipe``'s components (the same modules), with some replaced."""
+    other = cls(**{**pipe.components, **replacements})
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on a CUDA card that supports it, else float32."""
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, name)
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from, with ``-dirty`` for local changes; ``None`` outside git."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None
+
+
+def environment(device: torch.device, commit: str | None) -> dict[str, Any]:
+    """The card, software versions, commit and the float32 matrix settings of the run."""
+    return {
+        "device": str(device),
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "card_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB
+        if device.type == "cuda"
+        else None,
+        "commit": commit or _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the components, measure every configuration and run the checks; returns the JSON-ready results."""
+    start = time.perf_counter()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spec = TINY if args.tiny else SD21_BASE
+    image_size = args.image_size or spec.image_size
+    large_size = args.large_image_size or spec.large_image_size
+    unguided_measured = max(1, args.steps_measured // 2)
+    env = environment(device, args.commit)
+    log(
+        f"ldrps-speed-benchmark on {env['card']} ({device}) | torch {env['torch']} | diffusers {env['diffusers']} "
+        f"| transformers {env['transformers']} | commit {env['commit'] or 'unknown'}"
+    )
+    pipe = build_pipeline(spec, device, args.seed)
+    half = resolve_dtype(args.dtype, device)
+    log(
+        f"{'tiny' if args.tiny else 'SD 2.1-base'} components, random weights: UNet "
+        f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M parameters; images {image_size} and "
+        f"{large_size} px; built in {time.perf_counter() - start:.1f} s"
+    )
+    image = smooth_image(image_size, args.seed)
+    posterior = pipe.posterior_scheduler
+    rows: list[Row] = []
+
+    def measured_row(
+        name: str,
+        description: str,
+        target: LDRPSPipeline,
+        schedule: Schedule,
+        size: int = image_size,
+        vae_tiling: bool = False,
+        **call_kwargs: Any,
+    ) -> Row:
+        measurement = measure(
+            target,
+            image if size == image_size else smooth_image(size, args.seed),
+            warmup=args.warmup,
+            guided=args.steps_measured,
+            unguided=unguided_measured,
+            seed=args.seed,
+            **call_kwargs,
+        )
+        row = Row(
+            name=name,
+            description=description,
+            dtype=_dtype_name(target.unet.dtype),
+            num_samples=target.posterior_scheduler.config.num_samples,
+            image_size=size,
+            schedule=schedule,
+            counts=step_counts(target, target.posterior_scheduler, schedule),
+            measurement=measurement,
+            vae_tiling=vae_tiling,
+        )
+        m = measurement
+        peak = f", peak {m.peak_gib:.2f} GiB" if m.peak_gib is not None else ""
+        log(
+            f"{name}: {m.guided_step:.4f} s/guided step, {m.unguided_step:.4f} s/unguided step{peak}; "
+            f"{row.seconds_per_image:.1f} s/image extrapolated from {args.steps_measured} guided + "
+            f"{unguided_measured} unguided steps; output finite: {m.finite}"
+        )
+        rows.append(row)
+        return row
+
+    # float32 first: the reference pattern, and the comparison runs that need float32 weights.
+    reference = variant(pipe, ReferenceCostPipeline)
+    measured_row(
+        "reference",
+        "float32; UNet in batches of 2 rows; decoder forward+backward for both samples at every step",
+        reference,
+        PAPER_SCHEDULE,
+        unet_batch_size=2,
+    )
+    checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
+    reference_image = restore(reference, image, args.check_steps, args.seed, unet_batch_size=2)
+    default_image = restore(pipe, image, args.check_steps, args.seed)
+    checks["default_float32_vs_reference"] = difference(default_image, reference_image)
+
+    pipe.to(dtype=half)
+    paper = measured_row(
+        "paper",
+        "pipeline defaults: one batched UNet call per step; decoder backward for the guided sample, below the gate",
+        pipe,
+        PAPER_SCHEDULE,
+    )
+    paper_image = restore(pipe, image, args.check_steps, args.seed)
+    checks[f"paper_{_dtype_name(half)}_vs_reference"] = difference(paper_image, reference_image)
+
+    pipe.vae.enable_gradient_checkpointing()
+    measured_row("paper+vae-ckpt", "paper with gradient checkpointing in the VAE decoder", pipe, PAPER_SCHEDULE)
+    pipe.vae.disable_gradient_checkpointing()
+
+    large = f"paper@{large_size}"
+    try:
+        measured_row(large, "paper's settings on a large input", pipe, PAPER_SCHEDULE, large_size)
+    except torch.OutOfMemoryError:
+        log(f"{large} ran out of device memory: retrying with the tiled VAE decoder")
+        torch.cuda.empty_cache()
+        pipe.vae.enable_tiling()
+        measured_row(
+            large,
+            "paper's settings on a large input, tiled VAE decoder",
+            pipe,
+            PAPER_SCHEDULE,
+            large_size,
+            vae_tiling=True,
+        )
+        pipe.vae.disable_tiling()
+
+    rows.append(
+        Row(
+            name=f"paper-{FAST_SCHEDULE.steps}+{FAST_SCHEDULE.recurrences}",
+            description="paper's per-step costs (2 samples) over fast's schedule; not run separately",
+            dtype=paper.dtype,
+            num_samples=paper.num_samples,
+            image_size=image_size,
+            schedule=FAST_SCHEDULE,
+            counts=step_counts(pipe, posterior, FAST_SCHEDULE),
+            measurement=paper.measurement,
+            measured=False,
+        )
+    )
+    fast = variant(pipe, posterior_scheduler=posterior.with_preset("default", num_samples=1))
+    measured_row(
+        "fast",
+        f"one sample; {FAST_SCHEDULE.steps} steps + {FAST_SCHEDULE.recurrences} recurrence at strength "
+        f"{FAST_SCHEDULE.strength}",
+        fast,
+        FAST_SCHEDULE,
+    )
+
+    checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
+        bool(torch.isfinite(x).all()) for x in (reference_image, default_image, paper_image)
+    )
+    env["seconds"] = round(time.perf_counter() - start, 1)
+    baseline = rows[0].seconds_per_image
+    return {
+        "environment": env,
+        "settings": {
+            "tiny": args.tiny,
+            "half_dtype": _dtype_name(half),
+            "steps_measured": {"guided": args.steps_measured, "unguided": unguided_measured},
+            "warmup": args.warmup,
+            "image_size": image_size,
+            "large_image_size": large_size,
+            "prompt": PROMPT,
+            "guidance_scale": 8.0,
+        },
+        "rows": [
+            {**asdict(row), "seconds_per_image": row.seconds_per_image, "speedup": baseline / row.seconds_per_image}
+            for row in rows
+        ],
+        "checks": checks,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The compact markdown table of :func:`run`'s results, with notes on how the numbers were made and the checks."""
+    lines = [
+        "| config | dtype | samples | image | steps (unguided + guided) | s/guided step | s/unguided step "
+        "| s/image (extrapolated) | peak GiB | speed-up vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        m = row["measurement"]
+        peak = f"{m['peak_gib']:.2f}" if m["peak_gib"] is not None else "-"
+        name = row["name"] + (" (tiled VAE)" if row["vae_tiling"] else "") + ("" if row["measured"] else " *")
+        lines.append(
+            f"| {name} | {row['dtype']} | {row['num_samples']} | {row['image_size']} "
+            f"| {row['counts']['unguided']} + {row['counts']['guided']} | {m['guided_step']:.4f} "
+            f"| {m['unguided_step']:.4f} | {row['seconds_per_image']:.1f} | {peak} | {row['speedup']:.2f}x |"
+        )
+    settings, checks = results["settings"], results["checks"]
+    measured = settings["steps_measured"]
+    lines += [
+        "",
+        f"s/image extrapolated from {measured['guided']} guided + {measured['unguided']} unguided timed steps per "
+        f"configuration (after {settings['warmup']} warm-up steps of each kind) to the full schedules, "
+        f"{PAPER_SCHEDULE.label()} steps (paper) and {FAST_SCHEDULE.label()} (fast); fixed per-image costs left out.",
+        "* not run separately: paper's measured per-step costs over fast's schedule.",
+        f"Checks ({checks['steps']}-step restorations, seed {checks['seed']}): all outputs finite: "
+        f"{checks['all_outputs_finite']}",
+    ]
+    lines += [
+        f"  {key}: max |diff| {value['max_abs']:.3g}, mean |diff| {value['mean_abs']:.3g}"
+        for key, value in checks.items()
+        if isinstance(value, dict)
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldrps-speed-benchmark",
+        description="Seconds per image and peak memory of LD-RPS configurations, measured side by side (random weights).",
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny components and images (a quick CPU check)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="dtype of every configuration but the reference (auto: bfloat16 where the card supports it)",
+    )
+    parser.add_argument("--steps-measured", type=int, default=30, help="guided steps timed per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="steps of each kind run before timing (>= 1)")
+    parser.add_argument("--check-steps", type=int, default=10, help="steps of the short identical comparison runs")
+    parser.add_argument("--image-size", type=int, default=None, help="test image side (default 512; tiny 32)")
+    parser.add_argument("--large-image-size", type=int, default=None, help="large image side (default 1024; tiny 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--commit", default=None, help="commit to record when the checkout has no git metadata")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the results here (default: $OUT/speed.json when OUT is set)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table and write the JSON; exit status 1 when an output is not finite."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("steps_measured", "warmup", "check_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    results = run(args)
+    print(format_table(results), flush=True)
+    path = args.json or (Path(os.environ["OUT"]) / "speed.json" if os.environ.get("OUT") else None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}", flush=True)
+    return 0 if results["checks"]["all_outputs_finite"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
