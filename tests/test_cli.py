@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,18 @@ def test_console_scripts_are_installed():
     for command, flag in (("ldrps-restore", "--preset"), ("ldrps-export-hub", "output_dir")):
         completed = subprocess.run([str(bin_dir / command), "--help"], capture_output=True, text=True)
         assert completed.returncode == 0 and flag in completed.stdout, completed.stderr
+
+
+def test_installed_command_restores_with_the_bundled_demo_model(tmp_path):
+    # Runs the installed console script outside the source tree: the package itself must carry the demo model.
+    source = write_image(tmp_path / "photo.png", 20, 12)
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "ldrps-restore"), str(source), "-o", "out", "--model", "demo"]
+        + ["--steps", "3", "--recurrences", "1", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert PIL.Image.open(tmp_path / "out" / "photo.png").size == (12, 20)
