@@ -1,0 +1,144 @@
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ldrps_pipeline import benchmark
+from ldrps_pipeline.benchmark import (
+    BenchmarkConfig,
+    Crop,
+    evaluate_method,
+    format_table,
+    methods_for,
+    run_benchmark,
+    write_json,
+)
+from ldrps_pipeline.degradations import get_degradation
+from ldrps_pipeline.metrics import ssim_y
+from tiny_components import tiny_image, tiny_pipeline
+
+CROP = Crop("smooth/0", tiny_image(32, 32))
+CONFIG = BenchmarkConfig(
+    model="tiny", degradations=("noise", "blur", "grayscale"), steps=3, recurrences=1, seeds=(0, 1)
+)
+EXPECTED_ROWS = [
+    ("noise", "input"),
+    ("noise", "ldrps-default"),
+    ("noise", "ldrps-denoise"),
+    ("noise", "ldrps-guidance-off"),
+    ("noise", "nl-means"),
+    ("noise", "tv-chambolle"),
+    ("blur", "input"),
+    ("blur", "ldrps-default"),
+    ("blur", "ldrps-guidance-off"),
+    ("blur", "richardson-lucy-oracle (oracle)"),
+    ("grayscale", "input"),
+    ("grayscale", "ldrps-default"),
+    ("grayscale", "ldrps-guidance-off"),
+]
+STOCHASTIC = {"ldrps-default", "ldrps-denoise", "ldrps-guidance-off"}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def results(pipe):
+    return run_benchmark(CONFIG, pipe=pipe, crops=[CROP], progress=False)
+
+
+def records_of(results, degradation, method):
+    return [r for r in results.records if r.degradation == degradation and r.method == method]
+
+
+def test_table_has_one_row_per_degradation_and_method(results):
+    lines = format_table(results).splitlines()
+    assert lines[0] == "| degradation | method | PSNR (dB) | SSIM (Y) |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2 : 2 + len(EXPECTED_ROWS)]]
+    assert [(row[0], row[1]) for row in rows] == EXPECTED_ROWS
+    for _, method, psnr_cell, ssim_cell in rows:
+        psnr_match = re.fullmatch(r"(-?\d+\.\d\d) ± (\d+\.\d\d)", psnr_cell)
+        ssim_match = re.fullmatch(r"(-?\d\.\d{4}) ± (\d\.\d{4})", ssim_cell)
+        assert psnr_match and ssim_match
+        if method not in STOCHASTIC:  # deterministic: one run, no spread over seeds
+            assert float(psnr_match[2]) == 0 and float(ssim_match[2]) == 0
+    assert lines[2 + len(EXPECTED_ROWS)] == ""
+    assert "(oracle)" in lines[-1]
+
+
+def test_json_is_written_with_every_value_and_the_config(results, tmp_path):
+    path = tmp_path / "out" / "bench.json"
+    write_json(results, path)
+    data = json.loads(path.read_text())
+    assert data["config"]["steps"] == 3 and data["config"]["seeds"] == [0, 1] and data["config"]["model"] == "tiny"
+    assert {"commit", "cpu", "torch_threads", "device", "seconds"} <= set(data["environment"])
+    # one record per crop for a deterministic method, one per crop and seed for LD-RPS
+    expected = sum(2 if method in STOCHASTIC else 1 for _, method in EXPECTED_ROWS)
+    assert len(data["records"]) == expected
+    assert all(math.isfinite(r["psnr"]) and -1 <= r["ssim_y"] <= 1 for r in data["records"])
+    assert {r["seed"] for r in data["records"] if r["method"] == "ldrps-default"} == {0, 1}
+    assert len(data["summary"]) == len(EXPECTED_ROWS)
+
+
+def test_degraded_input_is_scored_correctly(results):
+    (record,) = records_of(results, "noise", "input")
+    degraded = get_degradation("noise")(CROP.image, benchmark.degradation_seed("noise", CROP.name))
+    assert not torch.equal(degraded, CROP.image)
+    mse = np.mean((degraded.double().numpy() - CROP.image.double().numpy()) ** 2)
+    assert record.psnr == pytest.approx(10 * np.log10(1 / mse), abs=1e-4)
+    assert record.ssim_y == pytest.approx(float(ssim_y(degraded, CROP.image)[0]), abs=1e-6)
+    (row,) = [s for s in results.summary() if (s.degradation, s.method) == ("noise", "input")]
+    assert row.psnr_mean == record.psnr and row.psnr_std == 0 and row.seeds == 1
+
+
+def test_summary_is_the_mean_and_std_over_seeds(results):
+    records = records_of(results, "noise", "ldrps-default")
+    (row,) = [s for s in results.summary() if (s.degradation, s.method) == ("noise", "ldrps-default")]
+    values = [r.psnr for r in records]
+    assert row.psnr_mean == pytest.approx(np.mean(values)) and row.psnr_std == pytest.approx(np.std(values, ddof=1))
+
+
+def test_guidance_off_differs_from_guided_and_pipeline_is_left_unchanged(pipe, results):
+    for degradation in CONFIG.degradations:
+        guided = records_of(results, degradation, "ldrps-default")
+        prior = records_of(results, degradation, "ldrps-guidance-off")
+        assert all(g.psnr != p.psnr for g, p in zip(guided, prior, strict=True))
+    assert pipe.posterior_scheduler.config.posterior_scale == 40000.0
+    assert pipe.config.posterior_scheduler == tiny_pipeline().config.posterior_scheduler
+
+
+def test_seeds_are_reproducible(pipe, results):
+    method = next(m for m in methods_for(pipe, "noise", CONFIG) if m.name == "ldrps-denoise")
+    degraded = get_degradation("noise")(CROP.image, benchmark.degradation_seed("noise", CROP.name))
+    rerun = evaluate_method(method, CROP.image, degraded, seeds=(1, 0))
+    recorded = {r.seed: r.psnr for r in records_of(results, "noise", "ldrps-denoise")}
+    assert {score.seed: score.psnr for score in rerun} == recorded
+    assert recorded[0] != recorded[1]
+
+
+def test_posterior_scale_override_replaces_the_guided_scale(pipe):
+    config = BenchmarkConfig(degradations=("noise",), steps=3, recurrences=1, posterior_scale=0.0)
+    methods = {m.name: m for m in methods_for(pipe, "noise", config)}
+    # a zero scale turns the task-blind run into the prior alone
+    guided = methods["ldrps-default"].restore(CROP.image, 0)
+    assert torch.equal(guided, methods["ldrps-guidance-off"].restore(CROP.image, 0))
+
+
+def test_command_line(tmp_path, capsys):
+    model = tmp_path / "model"
+    tiny_pipeline().save_pretrained(model)
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(model), "--degradations", "sr_x4", "--photos", "chelsea", "--size", "16"]
+    argv += ["--steps", "2", "--recurrences", "0", "--json", str(out), "--quiet"]
+    assert benchmark.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| sr_x4 | bicubic |" in table and "| sr_x4 | ldrps-guidance-off |" in table
+    data = json.loads(out.read_text())
+    assert {r["crop"] for r in data["records"]} == {"chelsea/0"} and data["config"]["model"] == str(model)
+    assert benchmark.main([*argv[:7], "18", "--quiet"]) == 2
+    assert "size must be a multiple of 4" in capsys.readouterr().err
