@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -55,6 +54,7 @@ from .metrics import psnr, ssim_y
 from .photos import HELDOUT_PHOTOS, heldout_crops
 from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import RecurrentPosteriorScheduler
+from .speed_benchmark import git_commit
 
 TASK_PRESETS: Mapping[str, str] = MappingProxyType(
     {"noise": "denoise", "lowlight": "lowlight", "lowlight+noise": "lowlight", "haze": "dehaze"}
@@ -313,22 +313,6 @@ def evaluate_method(method: Method, clean: Tensor, degraded: Tensor, seeds: Sequ
     return scores
 
 
-def _git_commit() -> str | None:
-    """The commit of the checkout this package runs from, with ``-dirty`` for local changes; ``None`` outside git."""
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return described.stdout.strip() or None
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -345,7 +329,7 @@ def environment(pipe: LDRPSPipeline) -> dict[str, Any]:
 
     device = pipe.device
     return {
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

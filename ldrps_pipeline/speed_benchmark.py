@@ -464,7 +464,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The commit of the checkout this package runs from, with ``-dirty`` for local changes; ``None`` outside git."""
     try:
         described = subprocess.run(
@@ -488,7 +488,7 @@ def environment(device: torch.device, commit: str | None) -> dict[str, Any]:
         "card_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB
         if device.type == "cuda"
         else None,
-        "commit": commit or _git_commit(),
+        "commit": commit or git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
