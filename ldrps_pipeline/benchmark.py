@@ -19,9 +19,9 @@ method, the mean over seeds of the mean over crops, and the standard deviation (
 per-seed means (0 for a deterministic method or a single seed). The JSON file holds every per-crop,
 per-seed value, the summary and the configuration (model, steps, commit, machine).
 
-LD-RPS gets the empty prompt unless the pipeline has a captioner. With the empty prompt and the empty
-negative prompt both classifier-free guidance branches are the same, so the benchmark runs with
-``guidance_scale=1``, which gives the same result at half the UNet cost; with a captioner it uses 8.
+LD-RPS gets the empty prompt unless the pipeline has a captioner, and the paper's CFG scale 8. With
+the empty prompt and the empty negative prompt both CFG branches are the same, and the pipeline then
+runs the UNet once per sample instead of twice (same result, half the cost).
 
 Example (the demo model on a 2-core CPU)::
 
@@ -259,8 +259,8 @@ def ldrps_method(
 ) -> Method:
     """An LD-RPS :class:`Method` that runs ``pipe`` with the posterior scheduler ``posterior``.
 
-    The prompt is ``""`` (and CFG is skipped, see the module docstring) unless ``pipe`` has a
-    captioner, which then writes it. ``pipe`` is left as it was after every call.
+    The prompt is ``""`` unless ``pipe`` has a captioner, which then writes it. ``pipe`` is left as
+    it was after every call.
     """
 
     def restore(degraded: Tensor, seed: int | None) -> Tensor:
@@ -271,7 +271,6 @@ def ldrps_method(
                 prompt=None if captioned else "",
                 num_inference_steps=steps,
                 recurrences=recurrences,
-                guidance_scale=8.0 if captioned else 1.0,
                 generator=torch.Generator().manual_seed(seed),
                 output_type="pt",
             )

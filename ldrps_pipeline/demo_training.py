@@ -58,8 +58,8 @@ __all__ = ["PRESETS", "build_parser", "main", "parse_args", "save_demo_pipeline"
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "vae_minutes": 15.0,
-        "unet_minutes": 30.0,
+        "vae_minutes": 18.0,
+        "unet_minutes": 36.0,
         "vae_channels": (32, 64, 64),
         "vae_layers": 2,
         "vae_norm_groups": 8,

@@ -196,6 +196,22 @@ class LDRPSPipeline(DiffusionPipeline):
         return self._interrupt
 
     # ----------------------------------------------------------------------------------------
+    # Speed options
+    # ----------------------------------------------------------------------------------------
+    def enable_torch_compile(self, **compile_options: Any) -> None:
+        """Compile the modules that every step runs, the UNet and the VAE decoder, with ``torch.compile``.
+
+        The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
+        ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
+        e.g. ``mode="max-autotune-no-cudagraphs"``, ``dynamic=True`` or ``backend``. The first steps pay
+        for the compilation, and the decoder compiles once more when its backward first runs below the
+        guidance gate. CUDA-graph modes (``"reduce-overhead"``) are not advised: the online training of
+        the alignment state between the calls defeats them.
+        """
+        self.unet.compile(**compile_options)
+        self.vae.decoder.compile(**compile_options)
+
+    # ----------------------------------------------------------------------------------------
     # Steps of a restoration
     # ----------------------------------------------------------------------------------------
     def check_inputs(
@@ -313,8 +329,11 @@ class LDRPSPipeline(DiffusionPipeline):
 
         By default one batched UNet call covers all samples and both CFG branches;
         ``unet_batch_size`` splits that batch into calls of at most that many rows (less memory, slower).
+        ``embeds`` decides the CFG: twice as many rows as ``latents`` means [uncond, cond] (see
+        ``_cfg_embeddings``), as many rows means the conditional prediction alone.
         """
-        model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+        classifier_free = embeds.shape[0] == 2 * latents.shape[0]
+        model_input = torch.cat([latents, latents]) if classifier_free else latents
         model_input = model_input.to(self.unet.dtype)
         rows = unet_batch_size or model_input.shape[0]
         prediction = torch.cat(
@@ -323,7 +342,7 @@ class LDRPSPipeline(DiffusionPipeline):
                 for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
             ]
         ).float()
-        if not self.do_classifier_free_guidance:
+        if not classifier_free:
             return prediction
         uncond, cond = prediction.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
@@ -361,7 +380,7 @@ class LDRPSPipeline(DiffusionPipeline):
         latents = pred_original_sample.unflatten(0, (batch_size, num_samples))
         if guided:
             # x = x0(z0_hat) with a graph for the guided sample only; the others without.
-            z0 = latents[:, 0].detach().requires_grad_(True)
+            z0 = latents[:, 0].detach().contiguous().requires_grad_(True)
             with torch.enable_grad():
                 estimate = self.decode(z0, height, width)
             estimates = estimate.detach()[:, None]
@@ -568,9 +587,12 @@ class LDRPSPipeline(DiffusionPipeline):
                         break
                     noise_pred = self.predict_noise(latents, t, embeds, guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
-                    gradient = self.posterior_gradient(
-                        pred_original_sample, degraded, trainers, posterior, t, num_samples, degraded_features
-                    )
+                    # The alignment state is trained (and guides) only when the posterior guidance is on.
+                    gradient = None
+                    if posterior.guides:
+                        gradient = self.posterior_gradient(
+                            pred_original_sample, degraded, trainers, posterior, t, num_samples, degraded_features
+                        )
                     if gradient is not None:
                         latents = latents.unflatten(0, (batch_size, num_samples))
                         latents[:, 0] += gradient
@@ -609,8 +631,12 @@ class LDRPSPipeline(DiffusionPipeline):
     def _cfg_embeddings(
         prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, num_samples: int
     ) -> torch.Tensor:
-        """Embeddings aligned with the UNet batch: [uncond of every sample, cond of every sample]."""
+        """Embeddings aligned with the UNet batch: [uncond of every sample, cond of every sample].
+
+        Without CFG, or when the negative embeddings equal the prompt's (``uncond + s * (cond - uncond)``
+        is then ``cond``), only the conditional rows: the UNet batch halves and the result is the same.
+        """
         cond = prompt_embeds.repeat_interleave(num_samples, dim=0)
-        if negative_prompt_embeds is None:
+        if negative_prompt_embeds is None or torch.equal(negative_prompt_embeds, prompt_embeds):
             return cond
         return torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])

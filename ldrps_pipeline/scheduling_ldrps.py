@@ -229,9 +229,15 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         self.passes = [full] + [full[len(full) - tail_length :] for _ in range(recurrences)]
         return self.passes
 
+    @property
+    def guides(self) -> bool:
+        """Whether the posterior guidance acts at all (a non-zero ``posterior_scale``); without it the
+        alignment state is never used, so the pipeline does not train it."""
+        return self.config.posterior_scale != 0
+
     def guidance_enabled(self, timestep: int) -> bool:
         """Whether the posterior guidance acts at ``timestep``: ``t < guidance_start`` and a non-zero scale."""
-        return timestep < self.config.guidance_start and self.config.posterior_scale != 0
+        return timestep < self.config.guidance_start and self.guides
 
     def guidance_weights(self, timestep: int) -> GuidanceWeights:
         """The loss weights at ``timestep``; the exposure and colour weights are zero above their gate."""

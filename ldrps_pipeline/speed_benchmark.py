@@ -634,8 +634,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         FAST_SCHEDULE,
     )
 
+    outputs = [reference_image, default_image, paper_image]
+    if args.compile:
+        # Last, because compiling is in place: the first warm-up steps pay for the compilation.
+        compile_start = time.perf_counter()
+        pipe.enable_torch_compile(mode=args.compile)
+        compiled_image = restore(pipe, image, args.check_steps, args.seed)
+        checks["compile_seconds"] = round(time.perf_counter() - compile_start, 1)
+        log(f"torch.compile(mode={args.compile!r}): first {args.check_steps}-step run {checks['compile_seconds']} s")
+        checks[f"compiled_vs_paper_{_dtype_name(half)}"] = difference(compiled_image, paper_image)
+        outputs.append(compiled_image)
+        measured_row("paper+compile", f"paper with torch.compile(mode={args.compile!r})", pipe, PAPER_SCHEDULE)
+        measured_row("fast+compile", f"fast with torch.compile(mode={args.compile!r})", fast, FAST_SCHEDULE)
+
     checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
-        bool(torch.isfinite(x).all()) for x in (reference_image, default_image, paper_image)
+        bool(torch.isfinite(x).all()) for x in outputs
     )
     env["seconds"] = round(time.perf_counter() - start, 1)
     baseline = rows[0].seconds_per_image
@@ -650,6 +663,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "large_image_size": large_size,
             "prompt": PROMPT,
             "guidance_scale": 8.0,
+            "compile": args.compile,
         },
         "rows": [
             {**asdict(row), "seconds_per_image": row.seconds_per_image, "speedup": baseline / row.seconds_per_image}
@@ -691,6 +705,8 @@ def format_table(results: dict[str, Any]) -> str:
         for key, value in checks.items()
         if isinstance(value, dict)
     ]
+    if "compile_seconds" in checks:
+        lines.append(f"  torch.compile: the first {checks['steps']}-step run took {checks['compile_seconds']} s")
     return "\n".join(lines)
 
 
@@ -712,6 +728,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-steps", type=int, default=10, help="steps of the short identical comparison runs")
     parser.add_argument("--image-size", type=int, default=None, help="test image side (default 512; tiny 32)")
     parser.add_argument("--large-image-size", type=int, default=None, help="large image side (default 1024; tiny 64)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="also time paper and fast with torch.compile of the UNet and VAE decoder in this mode "
+        "(default mode 'default'; e.g. max-autotune-no-cudagraphs); compilation time is reported apart",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit", default=None, help="commit to record when the checkout has no git metadata")
     parser.add_argument(

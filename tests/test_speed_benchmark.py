@@ -21,7 +21,7 @@ from ldrps_pipeline.speed_benchmark import (
 )
 from tiny_components import tiny_image, tiny_pipeline
 
-CONFIGS = ["reference", "paper", "paper+vae-ckpt", "paper@64", "paper-50+1", "fast"]
+CONFIGS = ["reference", "paper", "paper+vae-ckpt", "paper@64", "paper-50+1", "fast", "paper+compile", "fast+compile"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("speed") / "speed.json"
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--json", str(path)])
+        status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--json", str(path)])
     return status, output.getvalue(), json.loads(path.read_text())
 
 
@@ -46,9 +46,12 @@ def test_runs_every_configuration_and_prints_the_table(run):
         "paper@64",
         "paper-50+1 *",
         "fast",
+        "paper+compile",
+        "fast+compile",
     ]
     assert "extrapolated from 2 guided + 1 unguided timed steps" in log
     assert "all outputs finite: True" in log
+    assert "torch.compile: the first" in log and "compiled_vs_paper_bfloat16" in log
 
 
 def test_json_numbers_are_finite_and_positive(run):

@@ -1,0 +1,102 @@
+"""Compare candidate settings of the task-blind ``default`` preset on crops of TRAINING photos.
+
+The held-out photos (``ldrps_pipeline.photos.HELDOUT_PHOTOS``) are what ``ldrps-benchmark`` reports
+on, so the default preset is chosen here on crops of other photos and only then benchmarked there.
+Every candidate overrides fields of ``RecurrentPosteriorScheduler``'s config; the table gives the
+mean PSNR (dB) over the crops per degradation, and the mean gain over the degraded input.
+
+Example (the demo model, 2-core CPU; the two halves of the degradations in two processes)::
+
+    OMP_NUM_THREADS=1 python examples/tune_default_preset.py --degradations noise lowlight --json a.json &
+    OMP_NUM_THREADS=1 python examples/tune_default_preset.py --degradations haze blur --json b.json
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldrps_pipeline.benchmark import degradation_seed, evaluate_method, ldrps_method
+from ldrps_pipeline.degradations import BENCHMARK_DEGRADATIONS, get_degradation
+from ldrps_pipeline.loading import load_pipeline
+from ldrps_pipeline.metrics import psnr
+from ldrps_pipeline.photos import TRAIN_PHOTOS, crop_and_resize, load_photo
+from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
+
+CANDIDATES = {
+    "current": {},
+    "identity-3": {"aligner_loss_weights": (3.0, 0.1, 0.1)},
+    "identity-3-adv-0.4": {"aligner_loss_weights": (3.0, 0.1, 0.4)},
+}
+"""Overrides of the posterior scheduler's config, by name (``current``: the shipped default)."""
+
+
+def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.Tensor]:
+    """One random square crop (side 0.5-1 of the shorter side, resized to ``size``) per training photo."""
+    rng = np.random.default_rng(seed)
+    crops = {}
+    for name in photos:
+        if name not in TRAIN_PHOTOS:
+            raise ValueError(f"{name!r} is not a training photo; choose from {TRAIN_PHOTOS}")
+        image = load_photo(name)
+        height, width = image.shape[:2]
+        short = min(height, width)
+        side = int(rng.integers(max(size, short // 2), short + 1))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        array = crop_and_resize(image, top, left, side, size)
+        crops[name] = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+    return crops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--degradations", nargs="+", choices=list(BENCHMARK_DEGRADATIONS), default=["noise"])
+    parser.add_argument("--photos", nargs="+", default=["astronaut", "china"])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--recurrences", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe.posterior_scheduler
+    crops = training_crops(args.photos, args.size, seed=0)
+    results: dict[str, dict[str, float]] = {}
+    for degradation in args.degradations:
+        degraded = {
+            name: get_degradation(degradation)(x, degradation_seed(degradation, name)) for name, x in crops.items()
+        }
+        results.setdefault("input", {})[degradation] = statistics.fmean(
+            float(psnr(degraded[name], crops[name])) for name in crops
+        )
+        for candidate in args.candidates:
+            posterior = RecurrentPosteriorScheduler.from_config(base.config, **CANDIDATES[candidate])
+            method = ldrps_method(pipe, candidate, posterior, args.steps, args.recurrences)
+            scores = [
+                score.psnr
+                for name in crops
+                for score in evaluate_method(method, crops[name], degraded[name], args.seeds)
+            ]
+            results.setdefault(candidate, {})[degradation] = statistics.fmean(scores)
+            print(f"{degradation} {candidate}: {results[candidate][degradation]:.2f} dB", flush=True)
+
+    print("| candidate | " + " | ".join(args.degradations) + " | mean gain over input |")
+    print("|---" * (len(args.degradations) + 2) + "|")
+    for name, row in results.items():
+        gain = statistics.fmean(row[d] - results["input"][d] for d in args.degradations)
+        print(f"| {name} | " + " | ".join(f"{row[d]:.2f}" for d in args.degradations) + f" | {gain:+.2f} |")
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "psnr": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
