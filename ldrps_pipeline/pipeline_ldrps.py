@@ -534,6 +534,13 @@ class LDRPSPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
+        if self.perceptual is None and (
+            posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        ):
+            logger.warning(
+                "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
+                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict)."
+            )
         degraded = image_to_tensor(image)
         batch_size, _, height, width = degraded.shape
         prompts = self._per_image(prompt, batch_size, "prompt")

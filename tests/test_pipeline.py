@@ -3,8 +3,8 @@ import PIL.Image
 import pytest
 import torch
 
-from ldrps_pipeline import LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
-from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
+from ldrps_pipeline import LDRPSPipeline, LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
+from tiny_components import tiny_captioner, tiny_components, tiny_image, tiny_pipeline
 
 STEPS = 8  # pass 0: 8 steps; each recurrence (strength 0.5): 4 steps
 
@@ -203,6 +203,28 @@ def test_no_prompt_no_captioner_warns_once(pipe, caplog):
         logging.disable_propagation()
     assert out.prompts == ["", ""]
     assert sum("empty prompt" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        ({}, True),  # default: guidance perceptual weight 2e-3, f's perceptual weight 0.1
+        ({"perceptual_weight": 0.0}, True),
+        ({"perceptual_weight": 0.0, "aligner_loss_weights": (1.0, 0.0, 0.1)}, False),
+    ],
+)
+def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_set(caplog, overrides, warned):
+    from diffusers.utils import logging
+
+    pipe = LDRPSPipeline(**tiny_components(perceptual=False))
+    pipe.posterior_scheduler = RecurrentPosteriorScheduler(**overrides)
+    logging.enable_propagation()
+    try:
+        pipe(tiny_image(8, 8), prompt="", num_inference_steps=2, recurrences=0, output_type="pt")
+    finally:
+        logging.disable_propagation()
+    messages = [r.getMessage() for r in caplog.records if "No `perceptual` component" in r.getMessage()]
+    assert len(messages) == (1 if warned else 0)
 
 
 @pytest.mark.parametrize(
