@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# All GPU checks and benchmarks of the project in one run on a lent H100 / H200
+# (examples/gpu_speed_benchmark.md says how to call it and what to carry).
+#
+#   bash examples/gpu_checks.sh COMMIT [extra ldrps-speed-benchmark options, e.g. --compile]
+#
+# 1. installs the carried wheels (.whl/: diffusers, pytest and its dependencies) into /tmp/site,
+# 2. runs the CUDA-only tests (tests/test_gpu.py),
+# 3. runs ldrps-speed-benchmark, writing $OUT/speed.json; the logs go to $OUT/ too.
+# The exit status is the first failure's.
+set -uo pipefail
+commit="${1:?usage: gpu_checks.sh COMMIT [speed benchmark options]}"
+shift
+out="${OUT:-/tmp/ldrps-gpu-out}"
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
+tests=${PIPESTATUS[0]}
+python3 -m ldrps_pipeline.speed_benchmark --json "$out/speed.json" --commit "$commit" "$@" 2>&1 | tee "$out/log.txt"
+bench=${PIPESTATUS[0]}
+echo "tests/test_gpu.py exit $tests; speed benchmark exit $bench"
+[ "$tests" -eq 0 ] && exit "$bench"
+exit "$tests"

@@ -1,0 +1,67 @@
+"""CUDA-only checks of the speed and memory options (skipped without a CUDA device).
+
+They run on the lent GPU next to ``ldrps-speed-benchmark`` (``examples/gpu_speed_benchmark.md``);
+the CPU equivalence checks of the same options are in ``test_options.py``.
+"""
+
+import pytest
+import torch
+
+from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def restore(pipe, image, **kwargs):
+    generator = torch.Generator().manual_seed(0)
+    kwargs.setdefault("prompt", "a photo")
+    return pipe(image, num_inference_steps=10, generator=generator, output_type="pt", **kwargs).images.cpu()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    image = tiny_image(24, 40, seed=2)
+    return image, restore(tiny_pipeline(), image)
+
+
+def test_cuda_float32_matches_cpu(reference):
+    image, expected = reference
+    result = restore(tiny_pipeline().to("cuda"), image)
+    # The same noise (drawn on the CPU generator) and the same per-image state; only kernels differ (TF32 off by default).
+    assert (result - expected).abs().mean() < 1e-3
+
+
+def test_cuda_bfloat16_matches_cpu_float32(reference):
+    image, expected = reference
+    pipe = tiny_pipeline().to("cuda", torch.bfloat16)
+    result = restore(pipe, image)
+    assert result.dtype == torch.float32
+    # The CPU bf16 tolerance of test_options.py.
+    assert (result - expected).abs().max() < 0.05 and (result - expected).abs().mean() < 0.01
+
+
+def test_model_cpu_offload_gives_the_same_result_and_keeps_the_vae_resident(reference):
+    image, _ = reference
+    expected = restore(tiny_pipeline().to("cuda"), image)
+    pipe = tiny_pipeline()
+    pipe.enable_model_cpu_offload()
+    assert torch.allclose(restore(pipe, image), expected, atol=1e-5)
+    # model_cpu_offload_seq leaves the VAE (used at every guided step) out of the offload chain.
+    assert "vae" not in pipe.model_cpu_offload_seq.split("->")
+
+
+def test_captioner_leaves_the_gpu_after_captioning(tmp_path):
+    captioner, processor = tiny_captioner(str(tmp_path))
+    pipe = tiny_pipeline(captioner=captioner, captioner_processor=processor).to("cuda")
+    out = pipe(tiny_image(16, 16), prompt=None, num_inference_steps=2, recurrences=0, output_type="pt")
+    assert out.prompts[0].startswith("cat")
+    assert next(pipe.captioner.parameters()).device.type == "cpu"
+    assert next(pipe.unet.parameters()).device.type == "cuda"
+
+
+def test_xformers_is_switched_on_when_installed(reference):
+    pytest.importorskip("xformers")
+    pipe = tiny_pipeline().to("cuda")
+    restore(pipe, reference[0])
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"XFormersAttnProcessor"}
