@@ -469,3 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(results, args.json)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
