@@ -203,11 +203,15 @@ class LDRPSPipeline(DiffusionPipeline):
 
         The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
         ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
-        e.g. ``mode="max-autotune-no-cudagraphs"``, ``dynamic=True`` or ``backend``. The first steps pay
-        for the compilation, and the decoder compiles once more when its backward first runs below the
-        guidance gate. CUDA-graph modes (``"reduce-overhead"``) are not advised: the online training of
-        the alignment state between the calls defeats them.
+        e.g. ``mode="max-autotune-no-cudagraphs"`` or ``backend``. The first steps pay for the
+        compilation, and the decoder compiles once more when its backward first runs below the guidance
+        gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
+        anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
+        relational of symbolic sizes) once a second shape made them dynamic. CUDA-graph modes
+        (``"reduce-overhead"``) are not advised: the online training of the alignment state between
+        the calls defeats them.
         """
+        compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         self.vae.decoder.compile(**compile_options)
 

@@ -61,7 +61,15 @@ def test_bad_unet_batch_size_is_refused():
         restore(tiny_pipeline(), tiny_image(8, 8), unet_batch_size=0)
 
 
-def test_torch_compile_gives_the_same_result(reference):
+@pytest.fixture
+def fresh_dynamo():
+    # Compiled code is cached per code object (shared by every UNet): start and leave with an empty cache.
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
     image, expected = reference
     pipe = tiny_pipeline()
     # aot_eager traces the UNet and the decoder (forward and the guidance backward) through dynamo and
@@ -72,6 +80,9 @@ def test_torch_compile_gives_the_same_result(reference):
     assert torch.allclose(restore(pipe, image), expected, atol=1e-5)
     # Compiled in place: the weights keep their names, so saving is unchanged.
     assert set(pipe.unet.state_dict()) == set(tiny_pipeline().unet.state_dict())
+    # A second image size compiles anew (static shapes) and still restores like eager.
+    small = tiny_image(16, 24, seed=3)
+    assert torch.allclose(restore(pipe, small), restore(tiny_pipeline(), small), atol=1e-5)
 
 
 def test_equal_prompt_and_negative_prompt_run_one_cfg_branch(monkeypatch):

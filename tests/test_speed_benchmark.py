@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.speed_benchmark import (
     FAST_SCHEDULE,
     PAPER_SCHEDULE,
@@ -28,8 +29,20 @@ CONFIGS = ["reference", "paper", "paper+vae-ckpt", "paper@64", "paper-50+1", "fa
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("speed") / "speed.json"
     output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--json", str(path)])
+    # --compile's rows with dynamo's "eager" backend: this checks the benchmark's plumbing in seconds;
+    # test_options.py checks the default inductor backend's results (minutes of C++ compilation on CPU).
+    compile_with_inductor = LDRPSPipeline.enable_torch_compile
+
+    def compile_with_eager(pipe, **options):
+        compile_with_inductor(pipe, **{**options, "backend": "eager"})
+
+    torch._dynamo.reset()  # compiled code is cached per code object, across tests: start empty
+    try:
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+            patch.setattr(LDRPSPipeline, "enable_torch_compile", compile_with_eager)
+            status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--json", str(path)])
+    finally:
+        torch._dynamo.reset()
     return status, output.getvalue(), json.loads(path.read_text())
 
 
