@@ -65,3 +65,17 @@ def test_xformers_is_switched_on_when_installed(reference):
     restore(pipe, reference[0])
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
     assert processors == {"XFormersAttnProcessor"}
+
+
+def test_torch_compile_with_inductor_gives_the_same_result(reference):
+    image, _ = reference
+    expected = restore(tiny_pipeline().to("cuda"), image)
+    torch._dynamo.reset()
+    try:
+        pipe = tiny_pipeline().to("cuda")
+        pipe.enable_torch_compile()
+        assert (restore(pipe, image) - expected).abs().max() < 1e-3
+        small = tiny_image(16, 24, seed=3)
+        assert (restore(pipe, small) - restore(tiny_pipeline().to("cuda"), small)).abs().max() < 1e-3
+    finally:
+        torch._dynamo.reset()

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("speed") / "speed.json"
     output = io.StringIO()
     # --compile's rows with dynamo's "eager" backend: this checks the benchmark's plumbing in seconds;
-    # test_options.py checks the default inductor backend's results (minutes of C++ compilation on CPU).
+    # inductor (minutes of C++ compilation on CPU) is checked on CUDA by test_gpu.py.
     compile_with_inductor = LDRPSPipeline.enable_torch_compile
 
     def compile_with_eager(pipe, **options):
