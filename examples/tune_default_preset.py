@@ -16,14 +16,13 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ldrps_pipeline.benchmark import degradation_seed, evaluate_method, ldrps_method
 from ldrps_pipeline.degradations import BENCHMARK_DEGRADATIONS, get_degradation
 from ldrps_pipeline.loading import load_pipeline
 from ldrps_pipeline.metrics import psnr
-from ldrps_pipeline.photos import TRAIN_PHOTOS, crop_and_resize, load_photo
+from ldrps_pipeline.photos import TRAIN_PHOTOS, photo_crops
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
 CANDIDATES = {
@@ -35,20 +34,15 @@ CANDIDATES = {
 
 
 def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.Tensor]:
-    """One random square crop (side 0.5-1 of the shorter side, resized to ``size``) per training photo."""
-    rng = np.random.default_rng(seed)
-    crops = {}
+    """One random crop (:func:`photo_crops`: side 0.5-1 of the shorter side, resized to ``size``) per training photo."""
     for name in photos:
         if name not in TRAIN_PHOTOS:
             raise ValueError(f"{name!r} is not a training photo; choose from {TRAIN_PHOTOS}")
-        image = load_photo(name)
-        height, width = image.shape[:2]
-        short = min(height, width)
-        side = int(rng.integers(max(size, short // 2), short + 1))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        array = crop_and_resize(image, top, left, side, size)
-        crops[name] = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
-    return crops
+    arrays = photo_crops(photos, size, count_per_photo=1, seed=seed)
+    return {
+        name: torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+        for name, array in zip(photos, arrays, strict=True)
+    }
 
 
 def main() -> None:

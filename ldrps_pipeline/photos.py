@@ -24,7 +24,7 @@ Photos are returned as ``float32`` arrays of shape (H, W, 3) with values in [0, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ __all__ = [
     "TRAIN_PHOTOS",
     "crop_and_resize",
     "heldout_crops",
+    "photo_crops",
     "load_photo",
 ]
 
@@ -187,13 +188,14 @@ def crop_and_resize(image: np.ndarray, top: int, left: int, side: int, size: int
     return tensor[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy().astype(np.float32)
 
 
-def heldout_crops(
+def photo_crops(
+    photos: Sequence[str],
     size: int = 128,
     count_per_photo: int = 2,
     seed: int = 0,
     scale: tuple[float, float] | None = (0.5, 1.0),
 ) -> list[np.ndarray]:
-    """Deterministic square crops of the held-out photos, for benchmarks.
+    """Deterministic square crops of the named photos.
 
     With the default ``scale`` each crop covers a random square whose side is a fraction in
     ``scale`` of the photo's shorter side, resized to ``size`` (the same distribution that the demo
@@ -201,19 +203,20 @@ def heldout_crops(
     photo's native resolution (no resizing).
 
     Args:
+        photos: names known to :func:`load_photo`.
         size: side length of every crop in pixels.
-        count_per_photo: crops per held-out photo.
+        count_per_photo: crops per photo.
         seed: seed of the crop positions; the same arguments always give the same crops.
         scale: range of the crop side as a fraction of the shorter side, or ``None`` for native
             resolution.
 
     Returns:
-        ``len(HELDOUT_PHOTOS) * count_per_photo`` arrays of shape (size, size, 3), ``float32`` in
-        [0, 1], ordered photo by photo in ``HELDOUT_PHOTOS`` order.
+        ``len(photos) * count_per_photo`` arrays of shape (size, size, 3), ``float32`` in [0, 1],
+        ordered photo by photo.
     """
     rng = np.random.default_rng(seed)
     crops: list[np.ndarray] = []
-    for name in HELDOUT_PHOTOS:
+    for name in photos:
         image = load_photo(name)
         height, width = image.shape[:2]
         short = min(height, width)
@@ -231,3 +234,13 @@ def heldout_crops(
             left = int(rng.integers(0, width - side + 1))
             crops.append(crop_and_resize(image, top, left, side, size))
     return crops
+
+
+def heldout_crops(
+    size: int = 128,
+    count_per_photo: int = 2,
+    seed: int = 0,
+    scale: tuple[float, float] | None = (0.5, 1.0),
+) -> list[np.ndarray]:
+    """:func:`photo_crops` of the held-out photos, in ``HELDOUT_PHOTOS`` order, for benchmarks."""
+    return photo_crops(HELDOUT_PHOTOS, size, count_per_photo, seed, scale)
