@@ -15,6 +15,7 @@ that every speed-up is a ratio measured on the same machine:
   batched UNet call per step (both samples, both CFG branches), the decoder backward only for the
   guided sample and only below the guidance gate.
 - ``paper+vae-ckpt``: ``paper`` with gradient checkpointing in the VAE decoder (less memory, slower).
+- ``paper+channels-last``: ``paper`` with the UNet and VAE in ``torch.channels_last`` memory layout.
 - ``paper@1024``: ``paper`` on a 1024x1024 input (the decoder is tiled only if it would not fit).
 - ``paper-50+1``: not measured separately: ``paper``'s per-step costs over ``fast``'s schedule, to
   separate what the shorter schedule saves from what the single sample saves.
@@ -426,6 +427,97 @@ def measure(
     )
 
 
+GUIDED_STEP_PHASES = ("unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other")
+"""The parts of a guided step that :class:`PhaseTimer` separates, in the order of the step."""
+
+
+class PhaseTimer:
+    """Times the phases of every guided step of one pipeline's restorations while in its ``with`` block.
+
+    It wraps, on the one pipeline instance, ``predict_noise`` (the UNet call), ``decode``,
+    ``guidance_loss`` and ``posterior_gradient``, and on :class:`AlignmentTrainer` ``train_step``,
+    and synchronises the device around each call (so the phases add up to a little more than an
+    unwrapped step). ``guidance_backward`` is what ``posterior_gradient`` spends outside the decodes,
+    the training and the loss (the decoder and ``f`` backward); ``other`` is the rest of the step
+    (the scheduler update, the callback), measured from one UNet call to the next.
+    """
+
+    def __init__(self, pipe: LDRPSPipeline) -> None:
+        self.pipe = pipe
+        self.device = pipe._execution_device
+        self.steps: list[dict[str, float]] = []
+        self._starts: list[float] = []
+        self._guided: list[bool] = []
+
+    def _timed(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            synchronize(self.device)
+            start = time.perf_counter()
+            if phase == "unet":
+                self._starts.append(start)
+                self.steps.append(dict.fromkeys((*GUIDED_STEP_PHASES, "posterior"), 0.0))
+                self._guided.append(False)
+            result = function(*args, **kwargs)
+            synchronize(self.device)
+            if self.steps:
+                self.steps[-1][phase] += time.perf_counter() - start
+            if phase == "posterior" and result is not None:
+                self._guided[-1] = True
+            return result
+
+        return timed
+
+    def __enter__(self) -> "PhaseTimer":
+        pipe = self.pipe
+        for name, phase in (
+            ("predict_noise", "unet"),
+            ("decode", "decode"),
+            ("guidance_loss", "guidance_loss"),
+            ("posterior_gradient", "posterior"),
+        ):
+            object.__setattr__(pipe, name, self._timed(phase, getattr(pipe, name)))
+        self._train_step = AlignmentTrainer.train_step
+        timed_train_step = self._timed("align_train", self._train_step)
+        AlignmentTrainer.train_step = lambda trainer, *args, **kwargs: timed_train_step(trainer, *args, **kwargs)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for name in ("predict_noise", "decode", "guidance_loss", "posterior_gradient"):
+            object.__delattr__(self.pipe, name)
+        AlignmentTrainer.train_step = self._train_step
+
+    def guided_step_means(self, skip: int) -> dict[str, float]:
+        """Mean seconds of each phase over the guided steps after the first ``skip`` (the last step has no end)."""
+        complete = [
+            (step, next_start - start)
+            for step, start, next_start, guided in zip(
+                self.steps[:-1], self._starts[:-1], self._starts[1:], self._guided[:-1], strict=True
+            )
+            if guided
+        ][skip:]
+        if not complete:
+            raise RuntimeError("no guided step was timed")
+        means = {}
+        for phase in GUIDED_STEP_PHASES:
+            means[phase] = sum(step[phase] for step, _ in complete) / len(complete)
+        inside = means["decode"] + means["align_train"] + means["guidance_loss"]
+        posterior = sum(step["posterior"] for step, _ in complete) / len(complete)
+        means["guidance_backward"] = max(0.0, posterior - inside)
+        total = sum(duration for _, duration in complete) / len(complete)
+        means["other"] = max(0.0, total - means["unet"] - posterior)
+        means["total"] = total
+        return means
+
+
+def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int) -> dict:
+    """Mean seconds of each phase of a guided step (:class:`PhaseTimer`) over ``guided`` steps after ``warmup``."""
+    posterior = pipe.posterior_scheduler
+    steps = measurement_steps(pipe, posterior, 1, warmup + guided + 1)
+    with PhaseTimer(pipe) as timer:
+        restore(pipe, image, steps, seed)
+    return timer.guided_step_means(skip=warmup)
+
+
 def restore(pipe: LDRPSPipeline, image: torch.Tensor, steps: int, seed: int, **call_kwargs: Any) -> torch.Tensor:
     """One restoration of ``steps`` steps without recurrence, as a float32 CPU tensor (1, 3, H, W)."""
     return (
@@ -590,10 +682,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     )
     paper_image = restore(pipe, image, args.check_steps, args.seed)
     checks[f"paper_{_dtype_name(half)}_vs_reference"] = difference(paper_image, reference_image)
+    breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
+    phases_ms = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
+    log(f"paper, one guided step by phase (ms, synchronised around each): {phases_ms}")
 
     pipe.vae.enable_gradient_checkpointing()
     measured_row("paper+vae-ckpt", "paper with gradient checkpointing in the VAE decoder", pipe, PAPER_SCHEDULE)
     pipe.vae.disable_gradient_checkpointing()
+
+    for module in (pipe.unet, pipe.vae):
+        module.to(memory_format=torch.channels_last)
+    measured_row(
+        "paper+channels-last", "paper with the UNet and VAE weights in channels_last layout", pipe, PAPER_SCHEDULE
+    )
+    for module in (pipe.unet, pipe.vae):
+        module.to(memory_format=torch.contiguous_format)
 
     large = f"paper@{large_size}"
     try:
@@ -670,6 +773,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             for row in rows
         ],
         "checks": checks,
+        "paper_guided_step_phases_ms": phases_ms,
     }
 
 
@@ -705,6 +809,12 @@ def format_table(results: dict[str, Any]) -> str:
         for key, value in checks.items()
         if isinstance(value, dict)
     ]
+    phases = results.get("paper_guided_step_phases_ms")
+    if phases is not None:
+        lines.append(
+            "  paper's guided step by phase (ms, device synchronised around each): "
+            + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
+        )
     if "compile_seconds" in checks:
         lines.append(f"  torch.compile: the first {checks['steps']}-step run took {checks['compile_seconds']} s")
     return "\n".join(lines)
@@ -726,6 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-measured", type=int, default=30, help="guided steps timed per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="steps of each kind run before timing (>= 1)")
     parser.add_argument("--check-steps", type=int, default=10, help="steps of the short identical comparison runs")
+    parser.add_argument(
+        "--breakdown-steps", type=int, default=6, help="guided steps of paper timed phase by phase (UNet, decode, ...)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="test image side (default 512; tiny 32)")
     parser.add_argument("--large-image-size", type=int, default=None, help="large image side (default 1024; tiny 64)")
     parser.add_argument(
@@ -749,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON; exit status 1 when an output is not finite."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("steps_measured", "warmup", "check_steps"):
+    for name in ("steps_measured", "warmup", "check_steps", "breakdown_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     results = run(args)

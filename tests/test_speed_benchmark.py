@@ -22,7 +22,17 @@ from ldrps_pipeline.speed_benchmark import (
 )
 from tiny_components import tiny_image, tiny_pipeline
 
-CONFIGS = ["reference", "paper", "paper+vae-ckpt", "paper@64", "paper-50+1", "fast", "paper+compile", "fast+compile"]
+CONFIGS = [
+    "reference",
+    "paper",
+    "paper+vae-ckpt",
+    "paper+channels-last",
+    "paper@64",
+    "paper-50+1",
+    "fast",
+    "paper+compile",
+    "fast+compile",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +66,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
         "reference",
         "paper",
         "paper+vae-ckpt",
+        "paper+channels-last",
         "paper@64",
         "paper-50+1 *",
         "fast",
@@ -65,6 +76,17 @@ def test_runs_every_configuration_and_prints_the_table(run):
     assert "extrapolated from 2 guided + 1 unguided timed steps" in log
     assert "all outputs finite: True" in log
     assert "torch.compile: the first" in log and "compiled_vs_paper_bfloat16" in log
+    assert "paper's guided step by phase" in log
+
+
+def test_phase_breakdown_covers_the_guided_step(run):
+    _, _, results = run
+    phases = results["paper_guided_step_phases_ms"]
+    assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
+    assert all(value >= 0 for value in phases.values())
+    assert phases["unet"] > 0 and phases["decode"] > 0 and phases["align_train"] > 0
+    parts = sum(value for phase, value in phases.items() if phase != "total")
+    assert parts == pytest.approx(phases["total"], rel=0.05)
 
 
 def test_json_numbers_are_finite_and_positive(run):
