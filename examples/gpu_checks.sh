@@ -5,7 +5,7 @@
 #   bash examples/gpu_checks.sh COMMIT [extra ldrps-speed-benchmark options, e.g. --compile]
 #
 # 1. installs the carried wheels (.whl/: diffusers, pytest and its dependencies) into /tmp/site,
-# 2. runs the CUDA-only tests (tests/test_gpu.py),
+# 2. runs the CUDA-only tests (tests/test_gpu.py; GPU_TESTS_K="pytest -k expression" selects some),
 # 3. runs ldrps-speed-benchmark, writing $OUT/speed.json; the logs go to $OUT/ too.
 # The exit status is the first failure's.
 set -uo pipefail
@@ -16,7 +16,7 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
+python3 -m pytest -q -p no:cacheprovider -rs -k "${GPU_TESTS_K:-}" tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
 tests=${PIPESTATUS[0]}
 python3 -m ldrps_pipeline.speed_benchmark --json "$out/speed.json" --commit "$commit" "$@" 2>&1 | tee "$out/log.txt"
 bench=${PIPESTATUS[0]}

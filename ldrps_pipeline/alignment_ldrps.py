@@ -118,12 +118,15 @@ class PatchDiscriminator(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Probabilities in (0, 1), shape (N, 1, ceil(H/8), ceil(W/8))."""
-        return torch.sigmoid(self.layers(image))
+        """Probabilities in (0, 1), shape (N, 1, ceil(H/8), ceil(W/8)), in float32 (the sigmoid too)."""
+        return torch.sigmoid(self.layers(image).float())
 
 
 def _bce(probabilities: torch.Tensor, real: bool) -> torch.Tensor:
-    return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, float(real)))
+    """Binary cross-entropy against an all-real or all-fake target, in float32 and outside any autocast region."""
+    with torch.autocast(probabilities.device.type, enabled=False):
+        probabilities = probabilities.float()
+        return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, float(real)))
 
 
 class AlignmentTrainer:
@@ -131,7 +134,8 @@ class AlignmentTrainer:
 
     Holds a freshly initialised copy of ``f`` (from the ``aligner`` template's config), its Adam
     optimiser, the discriminator ``D_f`` that tells ``f(x)`` from ``y``, and, when the adversarial
-    guidance term is used, the residual discriminator ``D_g``. Everything runs in float32.
+    guidance term is used, the residual discriminator ``D_g``. Parameters, optimiser states, losses
+    and the BCE are float32; the convolutions run in ``compute_dtype`` (autocast) when it is bfloat16.
 
     Args:
         template: the pipeline's ``aligner`` component (its config is used, not its weights).
@@ -142,6 +146,9 @@ class AlignmentTrainer:
         loss_weights: ``(w_mse, w_pse, w_adv)`` of the training loss of ``f``.
         perceptual: the perceptual distance ``P``, or ``None`` (then the ``w_pse`` term is left out).
         perceptual_cap: when the gate is open and ``w_pse * P`` exceeds this, it is scaled by ``perceptual_cap_factor``.
+        compute_dtype: ``torch.bfloat16`` runs the convolutions of ``f`` and the discriminators under
+            bfloat16 autocast (the pipeline passes it when its VAE is bfloat16); anything else keeps them
+            in float32 (float16 would need loss scaling, which this online training does not do).
     """
 
     def __init__(
@@ -156,7 +163,10 @@ class AlignmentTrainer:
         perceptual=None,
         perceptual_cap: float = 10.0,
         perceptual_cap_factor: float = 0.2,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> None:
+        self.device_type = torch.device(device).type
+        self.compute_dtype = compute_dtype if compute_dtype == torch.bfloat16 else torch.float32
         generator = torch.Generator().manual_seed(seed)
         self.aligner = AlignmentModule.from_config(template.config)
         self.aligner.reset_parameters(generator)
@@ -182,6 +192,10 @@ class AlignmentTrainer:
         self.perceptual_cap = perceptual_cap
         self.perceptual_cap_factor = perceptual_cap_factor
 
+    def autocast(self) -> torch.autocast:
+        """The autocast region of the networks' forward passes: bfloat16 convolutions, or disabled (float32)."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16)
+
     def train_step(self, estimates: torch.Tensor, degraded: torch.Tensor, cap_perceptual: bool) -> torch.Tensor:
         """One Adam step of ``D_f`` then one of ``f`` (ALGORITHM.md, "Alignment module", steps 1-2).
 
@@ -194,29 +208,31 @@ class AlignmentTrainer:
             The training loss of ``f`` (detached).
         """
         with torch.enable_grad():
-            aligned = self.aligner(estimates)
-            # 1. D_f: real = y, fake = f(x).
-            d_loss = 0.5 * (
-                _bce(self.f_discriminator(degraded), True) + _bce(self.f_discriminator(aligned.detach()), False)
-            )
+            with self.autocast():
+                aligned = self.aligner(estimates).float()
+                # 1. D_f: real = y, fake = f(x).
+                d_loss = 0.5 * (
+                    _bce(self.f_discriminator(degraded), True) + _bce(self.f_discriminator(aligned.detach()), False)
+                )
             self.f_discriminator_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.f_discriminator_optimizer.step()
             # 2. f: close to identity in content, looking like the degraded input.
             w_mse, w_pse, w_adv = self.loss_weights
-            loss = w_mse * F.mse_loss(aligned, estimates)
-            if w_pse > 0 and self.perceptual is not None:
-                perceptual_term = w_pse * self.perceptual(aligned, estimates)
-                if cap_perceptual:
-                    # torch.where rather than a Python `if`: no device sync in the sampling loop.
-                    perceptual_term = torch.where(
-                        perceptual_term > self.perceptual_cap,
-                        self.perceptual_cap_factor * perceptual_term,
-                        perceptual_term,
-                    )
-                loss = loss + perceptual_term
-            if w_adv > 0:
-                loss = loss + w_adv * _bce(self.f_discriminator(aligned), True)
+            with self.autocast():
+                loss = w_mse * F.mse_loss(aligned, estimates)
+                if w_pse > 0 and self.perceptual is not None:
+                    perceptual_term = w_pse * self.perceptual(aligned, estimates)
+                    if cap_perceptual:
+                        # torch.where rather than a Python `if`: no device sync in the sampling loop.
+                        perceptual_term = torch.where(
+                            perceptual_term > self.perceptual_cap,
+                            self.perceptual_cap_factor * perceptual_term,
+                            perceptual_term,
+                        )
+                    loss = loss + perceptual_term
+                if w_adv > 0:
+                    loss = loss + w_adv * _bce(self.f_discriminator(aligned), True)
             self.aligner_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.aligner_optimizer.step()
@@ -240,20 +256,23 @@ class AlignmentTrainer:
         residual_input = estimate - degraded
         real = (estimate - aligned).detach()
         with torch.enable_grad():
-            d_loss = 0.5 * (
-                _bce(self.g_discriminator(real), True) + _bce(self.g_discriminator(residual_input.detach()), False)
-            )
+            with self.autocast():
+                d_loss = 0.5 * (
+                    _bce(self.g_discriminator(real), True) + _bce(self.g_discriminator(residual_input.detach()), False)
+                )
             self.g_discriminator_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.g_discriminator_optimizer.step()
-        probabilities = torch.func.functional_call(
-            self.g_discriminator,
-            {name: p.detach() for name, p in self.g_discriminator.named_parameters()},
-            (residual_input,),
-        )
+        with self.autocast():
+            probabilities = torch.func.functional_call(
+                self.g_discriminator,
+                {name: p.detach() for name, p in self.g_discriminator.named_parameters()},
+                (residual_input,),
+            )
         return _bce(probabilities, True)
 
     def align(self, estimate: torch.Tensor) -> torch.Tensor:
         """``f(x)`` with a graph to ``estimate`` only: the parameters of ``f`` get no gradient from the guidance."""
         params = {name: p.detach() for name, p in self.aligner.named_parameters()}
-        return torch.func.functional_call(self.aligner, params, (estimate,))
+        with self.autocast():
+            return torch.func.functional_call(self.aligner, params, (estimate,)).float()

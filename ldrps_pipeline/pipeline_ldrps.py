@@ -466,6 +466,7 @@ class LDRPSPipeline(DiffusionPipeline):
             perceptual=self.perceptual.distance if self.perceptual is not None else None,
             perceptual_cap=config.aligner_perceptual_cap,
             perceptual_cap_factor=config.aligner_perceptual_cap_factor,
+            compute_dtype=self.vae.dtype,
         )
 
     def _generators(

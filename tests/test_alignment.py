@@ -34,7 +34,7 @@ def test_reset_is_seeded_kaiming_with_zero_bias():
     assert torch.all(conv.bias == 0) and torch.all(a.residual_scale == 1)
 
 
-def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1)):
+def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1), compute_dtype=torch.float32):
     return AlignmentTrainer(
         AlignmentModule(hidden_channels=(8, 8, 8)),
         seed=seed,
@@ -42,6 +42,7 @@ def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1)):
         f_discriminator_lr=1e-3,
         g_discriminator_lr=1e-3 if adversarial else None,
         loss_weights=loss_weights,
+        compute_dtype=compute_dtype,
     )
 
 
@@ -72,3 +73,33 @@ def test_guidance_path_gives_no_parameter_gradients():
     assert grad.abs().sum() > 0
     # The D_g step used its own backward; the guidance path put no gradient on f.
     assert all(p.grad is None for p in trainer.aligner.parameters())
+
+
+def test_bfloat16_autocast_trains_like_float32_with_float32_state():
+    g = torch.Generator().manual_seed(1)
+    estimates, degraded = torch.rand(2, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    x = torch.rand(1, 3, 16, 16, generator=g, requires_grad=True)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        trainer = make_trainer(loss_weights=(3.0, 0.0, 0.1), compute_dtype=dtype)
+        losses = torch.stack([trainer.train_step(estimates, degraded, cap_perceptual=True) for _ in range(10)])
+        aligned = trainer.align(x)
+        guidance = ((aligned - degraded) ** 2).mean() + trainer.residual_adversarial_term(x, aligned, degraded)
+        (grad,) = torch.autograd.grad(guidance, x)
+        results[dtype] = losses, aligned.detach(), grad
+        # Parameters, optimiser state, losses and f's output stay float32 whatever the compute dtype.
+        assert all(p.dtype == torch.float32 for p in trainer.aligner.parameters())
+        assert all(
+            state.dtype == torch.float32
+            for group in trainer.aligner_optimizer.state.values()
+            for state in group.values()
+            if torch.is_tensor(state) and state.is_floating_point()
+        )
+        assert losses.dtype == aligned.dtype == torch.float32
+    (losses32, aligned32, grad32), (losses16, aligned16, grad16) = results.values()
+    # Measured on CPU after 10 steps: losses 0.4% apart, f(x) 0.018 at most, the guidance gradient 6% (norm).
+    assert torch.allclose(losses16, losses32, rtol=0.05)
+    assert (aligned16 - aligned32).abs().max() < 0.05
+    assert (grad16 - grad32).norm() / grad32.norm() < 0.15
+    # float16 is not autocast (it would need loss scaling): the trainer keeps float32.
+    assert make_trainer(compute_dtype=torch.float16).compute_dtype == torch.float32
