@@ -324,7 +324,7 @@ class LDRPSPipeline(DiffusionPipeline):
     def predict_noise(
         self,
         latents: torch.Tensor,
-        timestep: int,
+        timestep: int | torch.Tensor,
         embeds: torch.Tensor,
         guidance_scale: float,
         unet_batch_size: int | None = None,
@@ -594,10 +594,12 @@ class LDRPSPipeline(DiffusionPipeline):
                     # Recurrence: re-noise the previous result to the strength timestep, same prompt.
                     noise = self._noise(generators, latent_shape, device)
                     latents = posterior.renoise(latents, noise, timesteps[0], self.scheduler)
-                for t in timesteps:
+                # The UNet gets each timestep as a device tensor (copied once per pass): a Python int would
+                # make a compiled UNet recompile at every step (dynamo specialises on int arguments).
+                for t, unet_t in zip(timesteps, torch.tensor(timesteps, device=device), strict=True):
                     if self.interrupt:
                         break
-                    noise_pred = self.predict_noise(latents, t, embeds, guidance_scale, unet_batch_size)
+                    noise_pred = self.predict_noise(latents, unet_t, embeds, guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                     # The alignment state is trained (and guides) only when the posterior guidance is on.
                     gradient = None

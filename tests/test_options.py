@@ -11,7 +11,8 @@ from tiny_components import tiny_image, tiny_pipeline
 
 def restore(pipe, image, **kwargs):
     generator = torch.Generator().manual_seed(0)
-    return pipe(image, prompt="a photo", num_inference_steps=10, generator=generator, output_type="pt", **kwargs).images
+    kwargs.setdefault("num_inference_steps", 10)
+    return pipe(image, prompt="a photo", generator=generator, output_type="pt", **kwargs).images
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,25 @@ def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
     # A second image size compiles anew (static shapes by default) and still restores like eager.
     small = tiny_image(16, 24, seed=3)
     assert torch.allclose(restore(pipe, small), restore(tiny_pipeline(), small), atol=1e-5)
+
+
+def test_torch_compile_does_not_recompile_for_new_timesteps(fresh_dynamo):
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    pipe = tiny_pipeline()
+    pipe.enable_torch_compile(backend=counting_backend)
+    image = tiny_image(16, 16, seed=4)
+    restore(pipe, image, num_inference_steps=4)
+    compiled = len(graphs)
+    assert compiled > 0
+    # Other timesteps, the same shapes: nothing new to compile (an int timestep recompiled at every step,
+    # seen on an H200 as dynamo's recompile limit and an eager UNet).
+    restore(pipe, image, num_inference_steps=7)
+    assert len(graphs) == compiled
 
 
 def test_equal_prompt_and_negative_prompt_run_one_cfg_branch(monkeypatch):
