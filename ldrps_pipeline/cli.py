@@ -12,6 +12,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
 from .scheduling_ldrps import PRESETS
 
 
@@ -29,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--prompt", default=None, help="describe the clean image (skips the captioner)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights' dtype (default auto: bfloat16 on a CUDA card that supports it, else float32)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     return parser
@@ -62,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"ldrps-restore: error: {error}", file=sys.stderr)
         return 2
-    from .loading import load_pipeline
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model).to(device)
+    pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for source, target, image in zip(args.inputs, outputs, images, strict=True):

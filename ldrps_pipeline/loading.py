@@ -20,6 +20,24 @@ def _model_index(model: str) -> dict:
     return json.loads(path.read_text())
 
 
+DTYPE_CHOICES = ("auto", "bfloat16", "float32")
+"""The ``--dtype`` choices of the command-line tools (see :func:`resolve_dtype`)."""
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for ``name``, one of :data:`DTYPE_CHOICES`.
+
+    ``"auto"`` is bfloat16 on a CUDA device that supports it (the UNet and VAE in bf16; latents,
+    the x0 clip and the losses stay float32 inside the pipeline), else float32.
+    """
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
+    if name == "auto":
+        bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, name)
+
+
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPipeline:
     """Load ``model`` as an :class:`LDRPSPipeline`.
 

@@ -64,6 +64,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .byte_tokenizer import byte_level_clip_tokenizer
+from .loading import DTYPE_CHOICES, resolve_dtype
 from .perceptual_ldrps import PerceptualFeatures
 from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import RecurrentPosteriorScheduler
@@ -561,14 +562,6 @@ def cudnn_autotuning() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on a CUDA card that supports it, else float32."""
-    if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return getattr(torch, name)
-
-
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, with ``-dirty`` for local changes; ``None`` outside git."""
     try:
@@ -842,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype",
-        choices=("auto", "bfloat16", "float32"),
+        choices=DTYPE_CHOICES,
         default="auto",
         help="dtype of every configuration but the reference (auto: bfloat16 where the card supports it)",
     )

@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from ldrps_pipeline import cli
+from ldrps_pipeline.loading import resolve_dtype
 from tiny_components import tiny_pipeline
 
 
@@ -86,3 +88,29 @@ def test_installed_command_restores_with_the_bundled_demo_model(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert PIL.Image.open(tmp_path / "out" / "photo.png").size == (12, 20)
+
+
+def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypatch):
+    loaded = []
+    load = cli.load_pipeline
+
+    def recording_load(name, *, dtype):
+        pipe = load(name, dtype=dtype)
+        loaded.append(pipe.unet.dtype)
+        return pipe
+
+    monkeypatch.setattr(cli, "load_pipeline", recording_load)
+    a = write_image(tmp_path / "a.png")
+    assert restore(model, a, "-o", tmp_path / "bf16", "--dtype", "bfloat16") == 0
+    assert PIL.Image.open(tmp_path / "bf16" / "a.png").size == (14, 10)
+    # auto: bfloat16 only on a CUDA card that supports it; this CPU gets float32.
+    assert restore(model, a, "-o", tmp_path / "auto", "--device", "cpu") == 0
+    assert loaded == [torch.bfloat16, torch.float32]
+
+
+def test_resolve_dtype():
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float32", "cuda") == torch.float32
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("float16", "cpu")
