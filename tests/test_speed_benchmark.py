@@ -81,7 +81,8 @@ def test_runs_every_configuration_and_prints_the_table(run):
 
 def test_phase_breakdown_covers_the_guided_step(run):
     _, _, results = run
-    phases = results["paper_guided_step_phases_ms"]
+    assert set(results["guided_step_phases_ms"]) == {"paper", "paper+compile"}
+    phases = results["guided_step_phases_ms"]["paper"]
     assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
     assert all(value >= 0 for value in phases.values())
     assert phases["unet"] > 0 and phases["decode"] > 0 and phases["align_train"] > 0
