@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files to restore")
     parser.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the restored images")
     parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="per-task settings")
-    parser.add_argument("--steps", type=int, default=450, help="DDIM steps of pass 0 (default 450)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="per-task settings, or fast (one sample, 50 + 25 steps)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps of pass 0 (default: preset's; 450, fast 50)"
+    )
     parser.add_argument("--recurrences", type=int, default=None, help="passes after pass 0 (default: preset's)")
     parser.add_argument("--strength", type=float, default=None, help="re-noising strength (default: preset's)")
     parser.add_argument("--guidance-scale", type=float, default=8.0, help="classifier-free guidance scale")

@@ -220,7 +220,7 @@ class LDRPSPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------------
     def check_inputs(
         self,
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         recurrences: int | None,
         strength: float | None,
         guidance_scale: float,
@@ -230,11 +230,7 @@ class LDRPSPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         """Raise a ``ValueError`` that names the problem for any invalid argument."""
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps <= 0
-        ):
+        if num_inference_steps is not None and not _is_int_at_least(num_inference_steps, 1):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if recurrences is not None and (
             isinstance(recurrences, bool) or not isinstance(recurrences, int) or recurrences < 0
@@ -488,7 +484,7 @@ class LDRPSPipeline(DiffusionPipeline):
         image: PipelineImageInput,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] = "",
-        num_inference_steps: int = 450,
+        num_inference_steps: int | None = None,
         recurrences: int | None = None,
         strength: float | None = None,
         guidance_scale: float = 8.0,
@@ -508,12 +504,14 @@ class LDRPSPipeline(DiffusionPipeline):
             prompt: what the clean image shows; given, it skips the captioner. ``None``: the
                 captioner's caption, or "" (with a warning) without a captioner.
             negative_prompt: the negative prompt of classifier-free guidance.
-            num_inference_steps: DDIM steps of pass 0 over the full schedule (paper: 450).
+            num_inference_steps: DDIM steps of pass 0 over the full schedule; ``None``: the posterior
+                scheduler's (or preset's) value, 450 (the paper's) by default, 50 with ``preset="fast"``.
             recurrences: passes after pass 0; ``None``: the posterior scheduler's (or preset's) value, 2 by default.
             strength: the re-noising strength of a recurrence, in (0, 1]; ``None``: the scheduler's, 0.5 by default.
             guidance_scale: classifier-free guidance scale (paper: 8); <= 1 disables CFG.
-            preset: ``"lowlight"``, ``"dehaze"``, ``"denoise"`` (the reference's per-task settings) or
-                ``"default"``; ``None`` uses the ``posterior_scheduler`` component as configured.
+            preset: ``"lowlight"``, ``"dehaze"``, ``"denoise"`` (the reference's per-task settings),
+                ``"default"``, or ``"fast"`` (one sample, 50 + 25 steps); ``None`` uses the
+                ``posterior_scheduler`` component as configured.
             generator: a generator, or one per image for per-image reproducibility (a batch then
                 gives exactly the images of separate runs).
             unet_batch_size: rows per UNet call (``None``: all samples and both CFG branches in one call).
@@ -574,6 +572,8 @@ class LDRPSPipeline(DiffusionPipeline):
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompts, device)
 
         # 3. The pass plan: pass 0 over the full schedule, then each recurrence over its tail.
+        if num_inference_steps is None:
+            num_inference_steps = posterior.config.num_inference_steps
         passes = posterior.set_timesteps(num_inference_steps, self.scheduler, recurrences, strength)
         self._num_timesteps = sum(len(timesteps) for timesteps in passes)
 

@@ -92,6 +92,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "exposure_patch_size": 64,
         "use_caption": False,
     },
+    # Speed, not a task: one sample (the second only trained f), 50 steps and one recurrence of 25
+    # instead of 450 + 2 x 225; the task-blind weights stay. 5.7 s per 512x512 image on an H200 (bf16).
+    "fast": {
+        "num_inference_steps": 50,
+        "recurrences": 1,
+        "num_samples": 1,
+    },
     "denoise": {
         "recurrences": 1,
         "posterior_scale": 40000.0,
@@ -129,6 +136,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
     reference's per-task settings. All fields are config values, saved with ``save_pretrained``.
 
     Args:
+        num_inference_steps: DDIM steps of pass 0 when the pipeline call gives none (paper: 450).
         recurrences: passes after pass 0, each re-noising the last result to the ``strength`` timestep.
         strength: the img2img strength of a recurrence, in (0, 1]: the tail ``int(steps * strength)``
             timesteps of the schedule are re-run.
@@ -166,6 +174,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
+        num_inference_steps: int = 450,
         recurrences: int = 2,
         strength: float = 0.5,
         num_samples: int = 2,

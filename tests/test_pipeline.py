@@ -145,6 +145,26 @@ def test_no_guidance_for_t_at_or_above_700_and_passes(monkeypatch):
     assert guided == [t for t in stepped if t < 700] and len(guided) == 7 + 5 + 5
 
 
+def test_step_count_comes_from_the_posterior_scheduler_unless_given_and_fast_preset():
+    pipe = tiny_pipeline()
+    pipe.posterior_scheduler = pipe.posterior_scheduler.with_preset("default", num_inference_steps=6, recurrences=1)
+    shapes = []
+
+    def record(p, i, t, kwargs):
+        shapes.append(kwargs["latents"].shape)
+        return {}
+
+    pipe(tiny_image(16, 16), prompt="a photo", output_type="pt", callback_on_step_end=record)
+    assert len(shapes) == 6 + 3
+    shapes.clear()
+    pipe(tiny_image(16, 16), prompt="a photo", num_inference_steps=4, output_type="pt", callback_on_step_end=record)
+    assert len(shapes) == 4 + 2
+    shapes.clear()
+    # "fast": 50 steps + one recurrence of 25, one sample.
+    pipe(tiny_image(16, 16), prompt="a photo", preset="fast", output_type="pt", callback_on_step_end=record)
+    assert len(shapes) == 50 + 25 and set(shapes) == {(1, 4, 8, 8)}
+
+
 def test_callback_every_step_can_edit_latents_and_interrupt(pipe):
     calls = []
 
@@ -232,6 +252,7 @@ def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_se
     [
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": -3}, "num_inference_steps"),
+        ({"num_inference_steps": 2.0}, "num_inference_steps"),
         ({"strength": 0.0}, "strength"),
         ({"strength": 1.5}, "strength"),
         ({"recurrences": -1}, "recurrences"),

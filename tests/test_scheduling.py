@@ -67,7 +67,10 @@ def test_presets_reproduce_reference_settings_and_leave_original_alone():
     assert dehaze.f_discriminator_lr("residual") == 1e-4 and dehaze.f_discriminator_lr("plain") == 2e-5
     assert dehaze.config.clip_max == 50.0  # fields a preset does not name keep their value
     assert base.config.posterior_scale == 40000.0
-    assert set(PRESETS) == {"default", "lowlight", "dehaze", "denoise"}
+    assert set(PRESETS) == {"default", "lowlight", "dehaze", "denoise", "fast"}
+    fast = base.with_preset("fast")
+    assert (fast.config.num_inference_steps, fast.config.recurrences, fast.config.num_samples) == (50, 1, 1)
+    assert fast.config.strength == 0.5 and base.config.num_inference_steps == 450
     with pytest.raises(ValueError, match="unknown preset"):
         base.with_preset("deblur")
 
