@@ -76,6 +76,7 @@ class AlignmentModule(ModelMixin, ConfigMixin):
         super().__init__()
         if variant not in ALIGNER_VARIANTS:
             raise ValueError(f"variant must be one of {ALIGNER_VARIANTS}, got {variant!r}")
+        self.trainer_compile_options: dict | None = None
         hidden = list(hidden_channels)
         body = nn.Sequential(*_conv_stack([3, *hidden], negative_slope), _conv(hidden[-1], 3, 1))
         if variant == "residual":
@@ -84,6 +85,12 @@ class AlignmentModule(ModelMixin, ConfigMixin):
             self.residual_scale = nn.Parameter(torch.ones(1, 3, 1, 1))
         else:
             self.body = body
+
+    def compile_trainer_networks(self, **compile_options) -> None:
+        """Have every :class:`AlignmentTrainer` built from this template compile its fresh ``f`` and
+        discriminators with ``torch.compile(**compile_options)`` (runtime state, not saved). Fresh
+        networks of the same shapes reuse the compiled code: nothing recompiles per image."""
+        self.trainer_compile_options = dict(compile_options)
 
     @property
     def optimizer_weight_decay(self) -> float:
@@ -187,6 +194,10 @@ class AlignmentTrainer:
             kaiming_reset_(self.g_discriminator, generator, slope)
             self.g_discriminator.to(device)
             self.g_discriminator_optimizer = torch.optim.Adam(self.g_discriminator.parameters(), lr=g_discriminator_lr)
+        if template.trainer_compile_options is not None:
+            for network in (self.aligner, self.f_discriminator, self.g_discriminator):
+                if network is not None:
+                    network.compile(**template.trainer_compile_options)
         self.loss_weights = loss_weights
         self.perceptual = perceptual
         self.perceptual_cap = perceptual_cap

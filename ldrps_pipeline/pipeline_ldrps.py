@@ -199,7 +199,9 @@ class LDRPSPipeline(DiffusionPipeline):
     # Speed options
     # ----------------------------------------------------------------------------------------
     def enable_torch_compile(self, **compile_options: Any) -> None:
-        """Compile the modules that every step runs, the UNet and the VAE decoder, with ``torch.compile``.
+        """Compile the modules that every step runs with ``torch.compile``: the UNet, the VAE decoder,
+        the perceptual features, and the alignment networks that each image trains (``f`` and the
+        discriminators, through :meth:`AlignmentModule.compile_trainer_networks`).
 
         The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
         ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
@@ -214,6 +216,9 @@ class LDRPSPipeline(DiffusionPipeline):
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         self.vae.decoder.compile(**compile_options)
+        if self.perceptual is not None:
+            self.perceptual.compile(**compile_options)
+        self.aligner.compile_trainer_networks(**compile_options)
 
     # ----------------------------------------------------------------------------------------
     # Steps of a restoration

@@ -78,6 +78,8 @@ def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
     # compilation that inductor needs on this CPU (measured: 80-140 s). tests/test_gpu.py runs inductor.
     pipe.enable_torch_compile(backend="eager")
     assert pipe.unet._compiled_call_impl is not None and pipe.vae.decoder._compiled_call_impl is not None
+    trainer = pipe.new_alignment_state(torch.Generator().manual_seed(0), pipe.posterior_scheduler, torch.device("cpu"))
+    assert trainer.aligner._compiled_call_impl is not None and trainer.f_discriminator._compiled_call_impl is not None
     # Measured: max |diff| < 1e-6 (float32 reassociation only).
     assert torch.allclose(restore(pipe, image), expected, atol=1e-5)
     # Compiled in place: the weights keep their names, so saving is unchanged.
@@ -87,7 +89,7 @@ def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
     assert torch.allclose(restore(pipe, small), restore(tiny_pipeline(), small), atol=1e-5)
 
 
-def test_torch_compile_does_not_recompile_for_new_timesteps(fresh_dynamo):
+def test_torch_compile_does_not_recompile_for_new_timesteps_or_fresh_alignment_networks(fresh_dynamo):
     graphs = []
 
     def counting_backend(graph_module, example_inputs):
@@ -100,8 +102,8 @@ def test_torch_compile_does_not_recompile_for_new_timesteps(fresh_dynamo):
     restore(pipe, image, num_inference_steps=4)
     compiled = len(graphs)
     assert compiled > 0
-    # Other timesteps, the same shapes: nothing new to compile (an int timestep recompiled at every step,
-    # seen on an H200 as dynamo's recompile limit and an eager UNet).
+    # Other timesteps and a fresh f and discriminators, the same shapes: nothing new to compile (an int
+    # timestep recompiled at every step, seen on an H200 as dynamo's recompile limit and an eager UNet).
     restore(pipe, image, num_inference_steps=7)
     assert len(graphs) == compiled
 
