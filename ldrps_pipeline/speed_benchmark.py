@@ -694,6 +694,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     )
     paper_image = restore(pipe, image, args.check_steps, args.seed)
     checks[f"paper_{_dtype_name(half)}_vs_reference"] = difference(paper_image, reference_image)
+    # The scale of the guidance's effect: a compiled run far closer to paper than this guides like it.
+    unguided = variant(pipe, posterior_scheduler=posterior.with_preset("default", posterior_scale=0.0))
+    checks[f"paper_{_dtype_name(half)}_vs_guidance_off"] = difference(
+        paper_image, restore(unguided, image, args.check_steps, args.seed)
+    )
     phases_ms: dict[str, dict[str, float]] = {}
 
     def time_phases(name: str) -> None:

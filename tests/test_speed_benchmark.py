@@ -116,6 +116,9 @@ def test_checks_are_reported(run):
     # The reference pattern computes the same restoration; bf16 weights move it a little (measured 0.011 max).
     assert checks["default_float32_vs_reference"]["max_abs"] < 1e-4
     assert checks["paper_bfloat16_vs_reference"]["max_abs"] < 0.1
+    # The guidance moves the result far more than bf16 does: the yardstick for the compiled check.
+    guidance = checks["paper_bfloat16_vs_guidance_off"]["mean_abs"]
+    assert guidance > 5 * checks["paper_bfloat16_vs_reference"]["mean_abs"]
     assert results["environment"]["diffusers"] and results["settings"]["steps_measured"] == {"guided": 2, "unguided": 1}
 
 
