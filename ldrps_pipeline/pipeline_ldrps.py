@@ -250,9 +250,7 @@ class LDRPSPipeline(DiffusionPipeline):
         """Raise a ``ValueError`` that names the problem for any invalid argument."""
         if num_inference_steps is not None and not _is_int_at_least(num_inference_steps, 1):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if recurrences is not None and (
-            isinstance(recurrences, bool) or not isinstance(recurrences, int) or recurrences < 0
-        ):
+        if recurrences is not None and not _is_int_at_least(recurrences, 0):
             raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
         if strength is not None and not (isinstance(strength, int | float) and 0 < strength <= 1):
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")

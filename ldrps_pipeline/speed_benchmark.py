@@ -436,8 +436,8 @@ def measure(
     )
 
 
-GUIDED_STEP_PHASES = ("unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other")
-"""The parts of a guided step that :class:`PhaseTimer` separates, in the order of the step."""
+TIMED_PHASES = ("unet", "decode", "align_train", "guidance_loss", "posterior")
+"""The calls :class:`PhaseTimer` times (``posterior`` is ``posterior_gradient``, which holds the middle three)."""
 
 
 class PhaseTimer:
@@ -464,7 +464,7 @@ class PhaseTimer:
             start = time.perf_counter()
             if phase == "unet":
                 self._starts.append(start)
-                self.steps.append(dict.fromkeys((*GUIDED_STEP_PHASES, "posterior"), 0.0))
+                self.steps.append(dict.fromkeys(TIMED_PHASES, 0.0))
                 self._guided.append(False)
             result = function(*args, **kwargs)
             synchronize(self.device)
@@ -506,12 +506,11 @@ class PhaseTimer:
         ][skip:]
         if not complete:
             raise RuntimeError("no guided step was timed")
-        means = {}
-        for phase in GUIDED_STEP_PHASES:
-            means[phase] = sum(step[phase] for step, _ in complete) / len(complete)
-        inside = means["decode"] + means["align_train"] + means["guidance_loss"]
-        posterior = sum(step["posterior"] for step, _ in complete) / len(complete)
-        means["guidance_backward"] = max(0.0, posterior - inside)
+        means = {phase: sum(step[phase] for step, _ in complete) / len(complete) for phase in TIMED_PHASES}
+        posterior = means.pop("posterior")
+        means["guidance_backward"] = max(
+            0.0, posterior - means["decode"] - means["align_train"] - means["guidance_loss"]
+        )
         total = sum(duration for _, duration in complete) / len(complete)
         means["other"] = max(0.0, total - means["unet"] - posterior)
         means["total"] = total
