@@ -213,18 +213,21 @@ class LDRPSPipeline(DiffusionPipeline):
         (``"reduce-overhead"``) are not advised: the online training of the alignment state between
         the calls defeats them.
 
-        A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor
-        (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet followed by
-        the nearest-upsampling convolution), which silently switched the guidance off. Call this after
-        moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
+        A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
+        backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet
+        followed by the nearest-upsampling convolution), which silently switched the guidance off. Its
+        fusion pass re-reads a node's dependencies without the renames of a mutated buffer, so the cast
+        of the upsampling's scatter-add result runs before the scatter-add (traced in
+        ``examples/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
+        this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
         """
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         inductor = compile_options.get("backend", "inductor") == "inductor"
         if inductor and self.vae.dtype == torch.bfloat16 and self.vae.device.type == "cpu":
             logger.warning(
-                "enable_torch_compile: the VAE decoder is left uncompiled, because inductor's backward "
-                "through a bfloat16 decoder on the CPU gave all-zero guidance gradients. Call "
+                "enable_torch_compile: the VAE decoder is left uncompiled, because inductor's C++ backend "
+                "(torch 2.13) gave all-zero guidance gradients through a bfloat16 decoder on the CPU. Call "
                 "enable_torch_compile after moving the pipeline to the GPU, or use float32 on the CPU."
             )
         else:

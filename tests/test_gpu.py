@@ -7,6 +7,7 @@ the CPU equivalence checks of the same options are in ``test_options.py``.
 import pytest
 import torch
 
+from ldrps_pipeline.speed_benchmark import decoder_gradient, gradient_agreement
 from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -82,22 +83,17 @@ def test_torch_compile_with_inductor_gives_the_same_result(reference):
 
 
 def test_compiled_bfloat16_decoder_gives_the_eager_guidance_gradient():
-    # On the CPU (torch 2.13) inductor returned an all-zero gradient here, so enable_torch_compile leaves a
-    # bf16 CPU decoder uncompiled; this checks that the CUDA path, which it does compile, is right.
-    def decoder_gradient(pipe):
-        latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to("cuda").requires_grad_()
-        with torch.enable_grad():
-            image = pipe.decode(latents, 64, 64)
-            return torch.autograd.grad((image**2).mean(), latents)[0].float().cpu()
-
+    # On the CPU (torch 2.13) inductor's C++ backend returned an all-zero gradient here, so enable_torch_compile
+    # leaves a bf16 CPU decoder uncompiled (examples/inductor_bf16_grad_repro.py has the cause); this checks
+    # that the CUDA path, which it does compile, is right.
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     try:
-        eager = decoder_gradient(tiny_pipeline().to("cuda", torch.bfloat16))
+        eager = decoder_gradient(tiny_pipeline().to("cuda", torch.bfloat16), latents)
         pipe = tiny_pipeline().to("cuda", torch.bfloat16)
         pipe.enable_torch_compile()
         assert pipe.vae.decoder._compiled_call_impl is not None
-        compiled = decoder_gradient(pipe)
-        assert compiled.norm() > 0
-        assert torch.nn.functional.cosine_similarity(compiled.flatten(), eager.flatten(), dim=0) > 0.99
+        agreement = gradient_agreement(decoder_gradient(pipe, latents), eager)
+        assert agreement["cosine"] > 0.99 and 0.9 < agreement["norm_ratio"] < 1.1
     finally:
         torch._dynamo.reset()

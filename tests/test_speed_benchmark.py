@@ -76,6 +76,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
     assert "extrapolated from 2 guided + 1 unguided timed steps" in log
     assert "all outputs finite: True" in log
     assert "torch.compile: the first" in log and "compiled_vs_paper_bfloat16" in log
+    assert "compiled vs eager decoder gradient (32 px): cosine" in log
     assert "paper's guided step by phase" in log
 
 
@@ -119,6 +120,9 @@ def test_checks_are_reported(run):
     # The guidance moves the result far more than bf16 does: the yardstick for the compiled check.
     guidance = checks["paper_bfloat16_vs_guidance_off"]["mean_abs"]
     assert guidance > 5 * checks["paper_bfloat16_vs_reference"]["mean_abs"]
+    # The compiled decoder's gradient against eager (dynamo's eager backend here: the same numbers).
+    agreement = checks["compiled_decoder_gradient"]
+    assert agreement["cosine"] > 0.999 and agreement["norm_ratio"] == pytest.approx(1.0, abs=1e-3)
     assert results["environment"]["diffusers"] and results["settings"]["steps_measured"] == {"guided": 2, "unguided": 1}
 
 
