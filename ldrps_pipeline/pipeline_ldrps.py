@@ -171,7 +171,8 @@ class LDRPSPipeline(DiffusionPipeline):
             if isinstance(model, torch.nn.Module):
                 model.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
-        self._xformers_enabled = False
+        self._xformers_attention: bool | None = None
+        self._warned_missing_perceptual = False
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
         )
@@ -198,6 +199,24 @@ class LDRPSPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------------
     # Speed options
     # ----------------------------------------------------------------------------------------
+    @property
+    def xformers_attention(self) -> bool | None:
+        """Whether xformers attention was switched on (``True``) or off (``False``) explicitly, or ``None``:
+        left to the pipeline, which switches it on at the first CUDA call when xformers is installed."""
+        return self._xformers_attention
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
+        """diffusers' switch behind ``enable_/disable_xformers_memory_efficient_attention``; the choice is
+        remembered, so that the automatic switch-on of the first CUDA call never overrides it."""
+        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
+        self._xformers_attention = valid
+
+    def _use_xformers_if_installed(self, device: torch.device) -> None:
+        """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
+        switched on or off explicitly; otherwise the attention stays diffusers' default, SDPA."""
+        if device.type == "cuda" and self._xformers_attention is None and is_xformers_available():
+            self.enable_xformers_memory_efficient_attention()
+
     def enable_torch_compile(self, **compile_options: Any) -> None:
         """Compile the modules that every step runs with ``torch.compile``: the UNet, the VAE decoder,
         the perceptual features, and the alignment networks that each image trains (``f`` and the
@@ -209,7 +228,8 @@ class LDRPSPipeline(DiffusionPipeline):
         compilation, and the decoder compiles once more when its backward first runs below the guidance
         gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
         anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
-        relational of symbolic sizes) once a second shape made them dynamic. CUDA-graph modes
+        relational of symbolic sizes) once a second shape made them dynamic. Unless xformers attention
+        was switched on explicitly, the attention stays SDPA, which inductor compiles. CUDA-graph modes
         (``"reduce-overhead"``) are not advised: the online training of the alignment state between
         the calls defeats them.
 
@@ -221,6 +241,10 @@ class LDRPSPipeline(DiffusionPipeline):
         ``examples/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
         this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
         """
+        if self._xformers_attention is None:
+            # Inductor compiles SDPA (diffusers' default) natively, while xformers' kernels are opaque to it;
+            # and the switch-on at the first CUDA call would change the compiled modules' attention afterwards.
+            self.disable_xformers_memory_efficient_attention()
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         inductor = compile_options.get("backend", "inductor") == "inductor"
@@ -556,23 +580,21 @@ class LDRPSPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
-        if self.perceptual is None and (
-            posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
-        ):
+        perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        if self.perceptual is None and perceptual_weighted and not self._warned_missing_perceptual:
+            # Once per pipeline: a loop over many images should not repeat it.
             logger.warning(
                 "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
                 "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict)."
             )
+            self._warned_missing_perceptual = True
         degraded = image_to_tensor(image)
         batch_size, _, height, width = degraded.shape
         prompts = self._per_image(prompt, batch_size, "prompt")
         negative_prompts = self._per_image(negative_prompt, batch_size, "negative_prompt")
         generators = self._generators(generator, batch_size)
         device = self._execution_device
-        if device.type == "cuda" and is_xformers_available() and not self._xformers_enabled:
-            # SDPA is diffusers' default; xformers' memory-efficient attention when it is installed.
-            self.enable_xformers_memory_efficient_attention()
-            self._xformers_enabled = True
+        self._use_xformers_if_installed(device)
         degraded = degraded.to(device)
         self._guidance_scale = guidance_scale
         self._interrupt = False

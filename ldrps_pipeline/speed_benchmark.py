@@ -17,6 +17,8 @@ that every speed-up is a ratio measured on the same machine:
 - ``paper+vae-ckpt``: ``paper`` with gradient checkpointing in the VAE decoder (less memory, slower).
 - ``paper+cudnn-autotune``: ``paper`` with ``torch.backends.cudnn.benchmark = True`` (cuDNN times its
   convolution algorithms for each new shape and keeps the fastest).
+- ``paper+xformers``: ``paper`` with xformers' memory-efficient attention, only on CUDA when xformers is
+  installed (every other row then switches it off and uses diffusers' default, SDPA).
 - ``paper@1024``: ``paper`` on a 1024x1024 input (the decoder is tiled only if it would not fit).
 - ``paper-50+1``: not measured separately: ``paper``'s per-step costs over ``fast``'s schedule, to
   separate what the shorter schedule saves from what the single sample saves.
@@ -62,6 +64,7 @@ import diffusers
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils import is_xformers_available
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
@@ -571,6 +574,9 @@ def variant(pipe: LDRPSPipeline, cls: type[LDRPSPipeline] = LDRPSPipeline, **rep
     """A pipeline of class ``cls`` sharing ``pipe``'s components (the same modules), with some replaced."""
     other = cls(**{**pipe.components, **replacements})
     other.set_progress_bar_config(disable=True)
+    if pipe.xformers_attention is not None:
+        # The same attention as pipe: otherwise the first CUDA call would switch xformers on when installed.
+        other.set_use_memory_efficient_attention_xformers(pipe.xformers_attention)
     return other
 
 
@@ -640,6 +646,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     )
     pipe = build_pipeline(spec, device, args.seed)
     half = resolve_dtype(args.dtype, device)
+    xformers = device.type == "cuda" and is_xformers_available()
+    if xformers:
+        # Every row but paper+xformers keeps diffusers' default attention, SDPA.
+        pipe.disable_xformers_memory_efficient_attention()
     log(
         f"{'tiny' if args.tiny else 'SD 2.1-base'} components, random weights: UNet "
         f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M parameters; images {image_size} and "
@@ -731,6 +741,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
     with cudnn_autotuning():
         measured_row("paper+cudnn-autotune", "paper with torch.backends.cudnn.benchmark = True", pipe, PAPER_SCHEDULE)
+
+    if xformers:
+        pipe.enable_xformers_memory_efficient_attention()
+        try:
+            measured_row("paper+xformers", "paper with xformers' memory-efficient attention", pipe, PAPER_SCHEDULE)
+        except Exception as error:  # an xformers build without kernels for this card: record it and go on
+            checks["xformers_error"] = repr(error)
+            log(f"paper+xformers failed: {error!r}")
+        pipe.disable_xformers_memory_efficient_attention()
 
     large = f"paper@{large_size}"
     try:

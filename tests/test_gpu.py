@@ -60,12 +60,17 @@ def test_captioner_leaves_the_gpu_after_captioning(tmp_path):
     assert next(pipe.unet.parameters()).device.type == "cuda"
 
 
-def test_xformers_is_switched_on_when_installed(reference):
+def test_xformers_is_switched_on_when_installed_unless_switched_off(reference):
     pytest.importorskip("xformers")
+    image, _ = reference
     pipe = tiny_pipeline().to("cuda")
-    restore(pipe, reference[0])
-    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
-    assert processors == {"XFormersAttnProcessor"}
+    with_xformers = restore(pipe, image)
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"XFormersAttnProcessor"}
+    # Switched off before the first call, it stays off: diffusers' default SDPA, and the same restoration.
+    sdpa = tiny_pipeline().to("cuda")
+    sdpa.disable_xformers_memory_efficient_attention()
+    assert (restore(sdpa, image) - with_xformers).abs().max() < 1e-3
+    assert {type(p).__name__ for p in sdpa.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
 
 def test_torch_compile_with_inductor_gives_the_same_result(reference):

@@ -5,8 +5,10 @@ Tolerances are stated beside each assertion with what was measured on CPU (tiny 
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.utils import logging
 
+from ldrps_pipeline import pipeline_ldrps
 from tiny_components import tiny_image, tiny_pipeline
 
 
@@ -151,3 +153,45 @@ def test_equal_prompt_and_negative_prompt_run_one_cfg_branch(monkeypatch):
     rows.clear()
     restore(pipe, image, negative_prompt="")
     assert set(rows) == {4}
+
+
+def test_xformers_switches_on_at_the_first_cuda_call_unless_chosen_explicitly(monkeypatch, fresh_dynamo):
+    # xformers cannot run here: diffusers' switch is replaced by a recorder (the CUDA run is in test_gpu.py).
+    applied = []
+    monkeypatch.setattr(
+        DiffusionPipeline,
+        "set_use_memory_efficient_attention_xformers",
+        lambda self, valid, attention_op=None: applied.append(valid),
+    )
+    monkeypatch.setattr(pipeline_ldrps, "is_xformers_available", lambda: True)
+    pipe = tiny_pipeline()
+    assert pipe.xformers_attention is None
+    pipe._use_xformers_if_installed(torch.device("cpu"))
+    assert applied == []
+    pipe._use_xformers_if_installed(torch.device("cuda"))
+    pipe._use_xformers_if_installed(torch.device("cuda"))
+    assert applied == [True] and pipe.xformers_attention is True
+    # Switched off before the first call: the automatic switch-on does not override the user's choice.
+    chosen = tiny_pipeline()
+    chosen.disable_xformers_memory_efficient_attention()
+    chosen._use_xformers_if_installed(torch.device("cuda"))
+    assert applied == [True, False] and chosen.xformers_attention is False
+    # enable_torch_compile keeps SDPA unless xformers was switched on explicitly.
+    compiled = tiny_pipeline()
+    compiled.enable_torch_compile(backend="eager")
+    assert compiled.xformers_attention is False and applied == [True, False, False]
+    pipe.enable_torch_compile(backend="eager")
+    assert pipe.xformers_attention is True and applied == [True, False, False]
+    # Not installed: nothing happens.
+    monkeypatch.setattr(pipeline_ldrps, "is_xformers_available", lambda: False)
+    tiny_pipeline()._use_xformers_if_installed(torch.device("cuda"))
+    assert applied == [True, False, False]
+
+
+def test_switching_xformers_off_keeps_sdpa_and_the_result(reference):
+    image, expected = reference
+    pipe = tiny_pipeline()
+    pipe.disable_xformers_memory_efficient_attention()
+    assert pipe.xformers_attention is False
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    assert torch.equal(restore(pipe, image), expected)

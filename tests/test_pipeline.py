@@ -240,7 +240,9 @@ def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_se
     pipe.posterior_scheduler = RecurrentPosteriorScheduler(**overrides)
     logging.enable_propagation()
     try:
-        pipe(tiny_image(8, 8), prompt="", num_inference_steps=2, recurrences=0, output_type="pt")
+        # Twice: the warning comes once per pipeline, not at every image.
+        for _ in range(2):
+            pipe(tiny_image(8, 8), prompt="", num_inference_steps=2, recurrences=0, output_type="pt")
     finally:
         logging.disable_propagation()
     messages = [r.getMessage() for r in caplog.records if "No `perceptual` component" in r.getMessage()]
