@@ -43,6 +43,12 @@ with ``paper``, and reports their differences: the reference pattern computes th
 With ``--compile`` it also compares the compiled run with ``paper``, and the compiled VAE decoder's
 gradient at the image's latent size with eager's (cosine and norm ratio).
 
+Every row also gets the operations of its steps, counted once in a separate short run with
+``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and attention, forward and
+backward), and from them the operations per image and the achieved TFLOP/s: how far a configuration
+is from the card's peak. Compiled and xformers rows do the same operations as their eager SDPA row,
+which the counter cannot see inside compiled code, so they take that row's count.
+
 Example (a CPU check with tiny models; on a GPU leave out ``--tiny``)::
 
     ldrps-speed-benchmark --tiny --steps-measured 2 --json speed.json
@@ -65,6 +71,7 @@ import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils import is_xformers_available
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
@@ -375,6 +382,59 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class StepWork:
+    """The floating-point operations of one unguided and one guided step, in TFLOP, as counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and attention, forward and
+    backward; element-wise work is not counted)."""
+
+    unguided_tflop: float
+    guided_tflop: float
+
+
+class StepFlops:
+    """A ``callback_on_step_end`` that reads a ``FlopCounterMode``'s running total at every step end and keeps
+    the work of the first unguided and the first guided step after the first step (which includes the set-up);
+    it interrupts the run once both are known."""
+
+    def __init__(self, posterior: RecurrentPosteriorScheduler, mode: FlopCounterMode) -> None:
+        self.posterior = posterior
+        self.mode = mode
+        self.tflop: dict[bool, float | None] = {False: None, True: None}
+        self.last: int | None = None
+
+    def __call__(self, pipe: LDRPSPipeline, step_index: int, timestep: int, callback_kwargs: dict) -> dict:
+        total = self.mode.get_total_flops()
+        guided = self.posterior.guidance_enabled(int(timestep))
+        if self.last is not None and self.tflop[guided] is None:
+            self.tflop[guided] = (total - self.last) / 1e12
+        self.last = total
+        if self.tflop[True] is not None:
+            pipe._interrupt = True
+        return {}
+
+
+def count_step_work(pipe: LDRPSPipeline, image: torch.Tensor, seed: int, **call_kwargs: Any) -> StepWork:
+    """Count the operations of one unguided and one guided step of ``pipe`` on ``image`` (eager modules only:
+    compiled code runs outside the counter, and does the same operations as eager)."""
+    posterior = pipe.posterior_scheduler
+    with FlopCounterMode(display=False) as mode:
+        counter = StepFlops(posterior, mode)
+        pipe(
+            image,
+            prompt=PROMPT,
+            num_inference_steps=measurement_steps(pipe, posterior, unguided=2, guided=1),
+            recurrences=0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            callback_on_step_end=counter,
+            **call_kwargs,
+        )
+    if counter.tflop[False] is None or counter.tflop[True] is None:
+        raise RuntimeError("the counting run had no unguided or no guided step after its first")
+    return StepWork(unguided_tflop=counter.tflop[False], guided_tflop=counter.tflop[True])
+
+
+@dataclass(frozen=True)
 class Row:
     """One configuration of the table: its settings, its full schedule's step counts and its step costs.
 
@@ -389,6 +449,7 @@ class Row:
     schedule: Schedule
     counts: StepCounts
     measurement: Measurement
+    work: StepWork
     measured: bool = True
     vae_tiling: bool = False
 
@@ -397,6 +458,16 @@ class Row:
         """Extrapolated: ``unguided steps * s/unguided step + guided steps * s/guided step``."""
         m = self.measurement
         return self.counts.unguided * m.unguided_step + self.counts.guided * m.guided_step
+
+    @property
+    def tflop_per_image(self) -> float:
+        """The counted operations of the full schedule's steps, in TFLOP."""
+        return self.counts.unguided * self.work.unguided_tflop + self.counts.guided * self.work.guided_tflop
+
+    @property
+    def tflops(self) -> float:
+        """The achieved rate, TFLOP per second: what fraction of the card's peak the configuration uses."""
+        return self.tflop_per_image / self.seconds_per_image
 
 
 def measure(
@@ -666,17 +737,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         schedule: Schedule,
         size: int = image_size,
         vae_tiling: bool = False,
+        work: StepWork | None = None,
         **call_kwargs: Any,
     ) -> Row:
+        """Time ``target`` and add its row; ``work``: another row's operations, for a configuration that does the
+        same operations in code the counter cannot see (compiled, xformers); ``None`` counts them."""
+        row_image = image if size == image_size else smooth_image(size, args.seed)
         measurement = measure(
             target,
-            image if size == image_size else smooth_image(size, args.seed),
+            row_image,
             warmup=args.warmup,
             guided=args.steps_measured,
             unguided=unguided_measured,
             seed=args.seed,
             **call_kwargs,
         )
+        if work is None:
+            work = count_step_work(target, row_image, args.seed, **call_kwargs)
         row = Row(
             name=name,
             description=description,
@@ -686,6 +763,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             schedule=schedule,
             counts=step_counts(target, target.posterior_scheduler, schedule),
             measurement=measurement,
+            work=work,
             vae_tiling=vae_tiling,
         )
         m = measurement
@@ -693,7 +771,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         log(
             f"{name}: {m.guided_step:.4f} s/guided step, {m.unguided_step:.4f} s/unguided step{peak}; "
             f"{row.seconds_per_image:.1f} s/image extrapolated from {args.steps_measured} guided + "
-            f"{unguided_measured} unguided steps; output finite: {m.finite}"
+            f"{unguided_measured} unguided steps; {work.guided_tflop:.2f} TFLOP/guided step, "
+            f"{work.unguided_tflop:.2f} TFLOP/unguided step, {row.tflops:.1f} TFLOP/s; output finite: {m.finite}"
         )
         rows.append(row)
         return row
@@ -745,7 +824,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     if xformers:
         pipe.enable_xformers_memory_efficient_attention()
         try:
-            measured_row("paper+xformers", "paper with xformers' memory-efficient attention", pipe, PAPER_SCHEDULE)
+            measured_row(
+                "paper+xformers",
+                "paper with xformers' memory-efficient attention",
+                pipe,
+                PAPER_SCHEDULE,
+                work=paper.work,
+            )
         except Exception as error:  # an xformers build without kernels for this card: record it and go on
             checks["xformers_error"] = repr(error)
             log(f"paper+xformers failed: {error!r}")
@@ -778,11 +863,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             schedule=FAST_SCHEDULE,
             counts=step_counts(pipe, posterior, FAST_SCHEDULE),
             measurement=paper.measurement,
+            work=paper.work,
             measured=False,
         )
     )
     fast = variant(pipe, posterior_scheduler=posterior.with_preset("fast"))
-    measured_row(
+    fast_row = measured_row(
         "fast",
         f"the fast preset: one sample; {FAST_SCHEDULE.steps} steps + {FAST_SCHEDULE.recurrences} recurrence at strength "
         f"{FAST_SCHEDULE.strength}",
@@ -812,9 +898,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
             outputs.append(compiled_image)
             described = f"torch.compile(mode={args.compile!r}) and cudnn.benchmark"
-            measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE)
+            measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
             time_phases("paper+compile")
-            measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE)
+            measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
 
     checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
         bool(torch.isfinite(x).all()) for x in outputs
@@ -835,7 +921,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "compile": args.compile,
         },
         "rows": [
-            {**asdict(row), "seconds_per_image": row.seconds_per_image, "speedup": baseline / row.seconds_per_image}
+            {
+                **asdict(row),
+                "seconds_per_image": row.seconds_per_image,
+                "speedup": baseline / row.seconds_per_image,
+                "tflop_per_image": row.tflop_per_image,
+                "tflops": row.tflops,
+            }
             for row in rows
         ],
         "checks": checks,
@@ -847,8 +939,8 @@ def format_table(results: dict[str, Any]) -> str:
     """The compact markdown table of :func:`run`'s results, with notes on how the numbers were made and the checks."""
     lines = [
         "| config | dtype | samples | image | steps (unguided + guided) | s/guided step | s/unguided step "
-        "| s/image (extrapolated) | peak GiB | speed-up vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| s/image (extrapolated) | peak GiB | speed-up vs reference | PFLOP/image | TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         m = row["measurement"]
@@ -857,7 +949,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {row['dtype']} | {row['num_samples']} | {row['image_size']} "
             f"| {row['counts']['unguided']} + {row['counts']['guided']} | {m['guided_step']:.4f} "
-            f"| {m['unguided_step']:.4f} | {row['seconds_per_image']:.1f} | {peak} | {row['speedup']:.2f}x |"
+            f"| {m['unguided_step']:.4f} | {row['seconds_per_image']:.1f} | {peak} | {row['speedup']:.2f}x "
+            f"| {row['tflop_per_image'] / 1000:.3g} | {row['tflops']:.3g} |"
         )
     settings, checks = results["settings"], results["checks"]
     measured = settings["steps_measured"]

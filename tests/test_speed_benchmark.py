@@ -61,7 +61,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
     assert status == 0
     assert [row["name"] for row in results["rows"]] == CONFIGS
     table = [line for line in log.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| config | dtype |") and "speed-up vs reference" in table[0]
+    assert table[0].startswith("| config | dtype |") and "speed-up vs reference | PFLOP/image | TFLOP/s |" in table[0]
     assert [line.split("|")[1].strip() for line in table[1:]] == [
         "reference",
         "paper",
@@ -96,8 +96,12 @@ def test_json_numbers_are_finite_and_positive(run):
     for row in results["rows"]:
         m = row["measurement"]
         assert len(m["guided_times"]) == 2 and len(m["unguided_times"]) == 1
-        for value in (m["guided_step"], m["unguided_step"], row["seconds_per_image"], row["speedup"]):
+        for value in (m["guided_step"], m["unguided_step"], row["seconds_per_image"], row["speedup"], row["tflops"]):
             assert math.isfinite(value) and value > 0
+        assert row["tflop_per_image"] == pytest.approx(
+            row["counts"]["unguided"] * row["work"]["unguided_tflop"]
+            + row["counts"]["guided"] * row["work"]["guided_tflop"]
+        )
         assert m["peak_gib"] is None  # CPU: no device memory statistics
         assert m["finite"]
     rows = {row["name"]: row for row in results["rows"]}
@@ -108,6 +112,14 @@ def test_json_numbers_are_finite_and_positive(run):
     assert rows["paper-50+1"]["measurement"] == rows["paper"]["measurement"]
     assert rows["reference"]["counts"] == {"unguided": 100, "guided": 800}
     assert rows["fast"]["counts"] == {"unguided": 15, "guided": 60}
+    # Operations per step: a guided step adds the decoder backward; the reference backpropagates both samples
+    # at every step; fast has one sample; compiled rows do the same operations as their eager row.
+    work = {name: row["work"] for name, row in rows.items()}
+    assert work["paper"]["guided_tflop"] > work["paper"]["unguided_tflop"] > 0
+    assert work["reference"]["unguided_tflop"] > work["paper"]["unguided_tflop"]
+    assert work["fast"]["guided_tflop"] < work["paper"]["guided_tflop"]
+    assert work["paper@64"]["guided_tflop"] > 3 * work["paper"]["guided_tflop"]
+    assert work["paper+compile"] == work["paper"] and work["fast+compile"] == work["fast"]
 
 
 def test_checks_are_reported(run):
