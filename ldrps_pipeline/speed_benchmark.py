@@ -11,6 +11,8 @@ that every speed-up is a ratio measured on the same machine:
   sample decoded with a graph and backpropagated through the decoder at every step
   (:class:`ReferenceCostPipeline`); 450 steps + 2 recurrences at strength 0.5, 2 samples, CFG 8.
   The reference also holds two full copies of SD; that memory is not reproduced.
+- ``reference-ieee``: ``reference`` with TF32 off for the convolutions too (PyTorch's default computes
+  float32 convolutions in TF32 on the GPU): IEEE float32 everywhere, the most literal reading of "fp32".
 - ``paper``: the same settings with the pipeline's defaults: bf16 where the card supports it, one
   batched UNet call per step (both samples, both CFG branches), the decoder backward only for the
   guided sample and only below the guidance gate.
@@ -662,6 +664,21 @@ def cudnn_autotuning() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 matrix products and cuDNN convolutions in full IEEE precision (TF32 off) inside the block; PyTorch's
+    defaults (TF32 convolutions, IEEE matrix products) are restored after it."""
+    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    previous = [setting.fp32_precision for setting in settings]
+    for setting in settings:
+        setting.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for setting, value in zip(settings, previous, strict=True):
+            setting.fp32_precision = value
+
+
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, with ``-dirty`` for local changes; ``None`` outside git."""
     try:
@@ -786,6 +803,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         PAPER_SCHEDULE,
         unet_batch_size=2,
     )
+    with ieee_float32():
+        measured_row(
+            "reference-ieee",
+            "the reference pattern with TF32 off for convolutions too (IEEE float32 everywhere)",
+            reference,
+            PAPER_SCHEDULE,
+            unet_batch_size=2,
+        )
     checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
     reference_image = restore(reference, image, args.check_steps, args.seed, unet_batch_size=2)
     default_image = restore(pipe, image, args.check_steps, args.seed)

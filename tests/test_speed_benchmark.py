@@ -15,6 +15,7 @@ from ldrps_pipeline.speed_benchmark import (
     ReferenceCostPipeline,
     Schedule,
     StepCounts,
+    ieee_float32,
     main,
     measurement_steps,
     step_counts,
@@ -24,6 +25,7 @@ from tiny_components import tiny_image, tiny_pipeline
 
 CONFIGS = [
     "reference",
+    "reference-ieee",
     "paper",
     "paper+vae-ckpt",
     "paper+cudnn-autotune",
@@ -64,6 +66,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
     assert table[0].startswith("| config | dtype |") and "speed-up vs reference | PFLOP/image | TFLOP/s |" in table[0]
     assert [line.split("|")[1].strip() for line in table[1:]] == [
         "reference",
+        "reference-ieee",
         "paper",
         "paper+vae-ckpt",
         "paper+cudnn-autotune",
@@ -106,7 +109,8 @@ def test_json_numbers_are_finite_and_positive(run):
         assert m["finite"]
     rows = {row["name"]: row for row in results["rows"]}
     assert rows["reference"]["dtype"] == "float32" and rows["reference"]["speedup"] == 1.0
-    assert all(rows[name]["dtype"] == "bfloat16" for name in CONFIGS[1:])
+    assert rows["reference-ieee"]["dtype"] == "float32" and rows["reference-ieee"]["work"] == rows["reference"]["work"]
+    assert all(rows[name]["dtype"] == "bfloat16" for name in CONFIGS[2:])
     assert rows["fast"]["num_samples"] == 1 and rows["paper"]["num_samples"] == 2
     assert rows["paper@64"]["image_size"] == 64 and not rows["paper-50+1"]["measured"]
     assert rows["paper-50+1"]["measurement"] == rows["paper"]["measurement"]
@@ -173,3 +177,11 @@ def test_reference_cost_pipeline_restores_the_same_image(preset):
     result = restore(reference, unet_batch_size=2)
     # Measured: max |diff| < 1e-6 (float32 reassociation of the batched decode and the split UNet calls).
     assert (result - expected).abs().max() < 1e-4
+
+
+def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
+    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    before = [setting.fp32_precision for setting in settings]
+    with ieee_float32():
+        assert [setting.fp32_precision for setting in settings] == ["ieee", "ieee"]
+    assert [setting.fp32_precision for setting in settings] == before
