@@ -666,17 +666,14 @@ def cudnn_autotuning() -> Iterator[None]:
 
 @contextlib.contextmanager
 def ieee_float32() -> Iterator[None]:
-    """float32 matrix products and cuDNN convolutions in full IEEE precision (TF32 off) inside the block; PyTorch's
-    defaults (TF32 convolutions, IEEE matrix products) are restored after it."""
-    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-    previous = [setting.fp32_precision for setting in settings]
-    for setting in settings:
-        setting.fp32_precision = "ieee"
+    """float32 matrix products and cuDNN convolutions in full IEEE precision (TF32 off) inside the block, the
+    previous settings restored after it (the ``allow_tf32`` flags, which every torch >= 2.4 has)."""
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        for setting, value in zip(settings, previous, strict=True):
-            setting.fp32_precision = value
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def git_commit() -> str | None:

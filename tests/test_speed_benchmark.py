@@ -180,8 +180,10 @@ def test_reference_cost_pipeline_restores_the_same_image(preset):
 
 
 def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
-    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-    before = [setting.fp32_precision for setting in settings]
+    def tf32_flags():
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    before = tf32_flags()
     with ieee_float32():
-        assert [setting.fp32_precision for setting in settings] == ["ieee", "ieee"]
-    assert [setting.fp32_precision for setting in settings] == before
+        assert tf32_flags() == (False, False)
+    assert tf32_flags() == before
