@@ -88,6 +88,9 @@ PROMPT = "a photo of a landscape"
 
 GIB = 2**30
 
+OPTIONAL_ROWS = ("reference-ieee", "paper+vae-ckpt", "paper+cudnn-autotune", "paper+xformers", "paper@large")
+"""The rows that ``--skip`` may leave out (no other row or check needs them)."""
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -800,14 +803,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         PAPER_SCHEDULE,
         unet_batch_size=2,
     )
-    with ieee_float32():
-        measured_row(
-            "reference-ieee",
-            "the reference pattern with TF32 off for convolutions too (IEEE float32 everywhere)",
-            reference,
-            PAPER_SCHEDULE,
-            unet_batch_size=2,
-        )
+    if "reference-ieee" not in args.skip:
+        with ieee_float32():
+            measured_row(
+                "reference-ieee",
+                "the reference pattern with TF32 off for convolutions too (IEEE float32 everywhere)",
+                reference,
+                PAPER_SCHEDULE,
+                unet_batch_size=2,
+            )
     checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
     reference_image = restore(reference, image, args.check_steps, args.seed, unet_batch_size=2)
     default_image = restore(pipe, image, args.check_steps, args.seed)
@@ -836,14 +840,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
     time_phases("paper")
 
-    pipe.vae.enable_gradient_checkpointing()
-    measured_row("paper+vae-ckpt", "paper with gradient checkpointing in the VAE decoder", pipe, PAPER_SCHEDULE)
-    pipe.vae.disable_gradient_checkpointing()
+    if "paper+vae-ckpt" not in args.skip:
+        pipe.vae.enable_gradient_checkpointing()
+        measured_row("paper+vae-ckpt", "paper with gradient checkpointing in the VAE decoder", pipe, PAPER_SCHEDULE)
+        pipe.vae.disable_gradient_checkpointing()
 
-    with cudnn_autotuning():
-        measured_row("paper+cudnn-autotune", "paper with torch.backends.cudnn.benchmark = True", pipe, PAPER_SCHEDULE)
+    if "paper+cudnn-autotune" not in args.skip:
+        with cudnn_autotuning():
+            measured_row(
+                "paper+cudnn-autotune", "paper with torch.backends.cudnn.benchmark = True", pipe, PAPER_SCHEDULE
+            )
 
-    if xformers:
+    if xformers and "paper+xformers" not in args.skip:
         pipe.enable_xformers_memory_efficient_attention()
         try:
             measured_row(
@@ -860,7 +868,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
     large = f"paper@{large_size}"
     try:
-        measured_row(large, "paper's settings on a large input", pipe, PAPER_SCHEDULE, large_size)
+        if "paper@large" not in args.skip:
+            measured_row(large, "paper's settings on a large input", pipe, PAPER_SCHEDULE, large_size)
     except torch.OutOfMemoryError:
         log(f"{large} ran out of device memory: retrying with the tiled VAE decoder")
         torch.cuda.empty_cache()
@@ -941,6 +950,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "prompt": PROMPT,
             "guidance_scale": 8.0,
             "compile": args.compile,
+            "skipped": list(args.skip),
         },
         "rows": [
             {
@@ -1035,6 +1045,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="also time paper and fast with torch.compile of the UNet and VAE decoder in this mode "
         "(default mode 'default'; e.g. max-autotune-no-cudagraphs); compilation time is reported apart",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=OPTIONAL_ROWS,
+        default=[],
+        metavar="ROW",
+        help=f"leave out these rows, to fit a short device lease: any of {', '.join(OPTIONAL_ROWS)}",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit", default=None, help="commit to record when the checkout has no git metadata")

@@ -187,3 +187,15 @@ def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
     with ieee_float32():
         assert tf32_flags() == (False, False)
     assert tf32_flags() == before
+
+
+def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
+    path = tmp_path / "speed.json"
+    optional = ["reference-ieee", "paper+vae-ckpt", "paper+cudnn-autotune", "paper+xformers", "paper@large"]
+    assert main(["--tiny", "--steps-measured", "1", "--skip", *optional, "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert [row["name"] for row in results["rows"]] == ["reference", "paper", "paper-50+1", "fast"]
+    assert results["settings"]["skipped"] == optional
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--skip", "paper"])
+    assert "invalid choice" in capsys.readouterr().err
