@@ -29,6 +29,8 @@ CONFIGS = [
     "paper",
     "paper+vae-ckpt",
     "paper+cudnn-autotune",
+    "paper+unet-channels-last",
+    "paper+vae-channels-last",
     "paper@64",
     "paper-50+1",
     "fast",
@@ -70,6 +72,8 @@ def test_runs_every_configuration_and_prints_the_table(run):
         "paper",
         "paper+vae-ckpt",
         "paper+cudnn-autotune",
+        "paper+unet-channels-last",
+        "paper+vae-channels-last",
         "paper@64",
         "paper-50+1 *",
         "fast",
@@ -124,6 +128,7 @@ def test_json_numbers_are_finite_and_positive(run):
     assert work["fast"]["guided_tflop"] < work["paper"]["guided_tflop"]
     assert work["paper@64"]["guided_tflop"] > 3 * work["paper"]["guided_tflop"]
     assert work["paper+compile"] == work["paper"] and work["fast+compile"] == work["fast"]
+    assert work["paper+unet-channels-last"] == work["paper+vae-channels-last"] == work["paper"]
 
 
 def test_checks_are_reported(run):
@@ -191,7 +196,15 @@ def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
 
 def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
     path = tmp_path / "speed.json"
-    optional = ["reference-ieee", "paper+vae-ckpt", "paper+cudnn-autotune", "paper+xformers", "paper@large"]
+    optional = [
+        "reference-ieee",
+        "paper+vae-ckpt",
+        "paper+cudnn-autotune",
+        "paper+unet-channels-last",
+        "paper+vae-channels-last",
+        "paper+xformers",
+        "paper@large",
+    ]
     assert main(["--tiny", "--steps-measured", "1", "--skip", *optional, "--json", str(path)]) == 0
     results = json.loads(path.read_text())
     assert [row["name"] for row in results["rows"]] == ["reference", "paper", "paper-50+1", "fast"]
