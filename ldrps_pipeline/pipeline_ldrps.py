@@ -213,9 +213,15 @@ class LDRPSPipeline(DiffusionPipeline):
 
     def _use_xformers_if_installed(self, device: torch.device) -> None:
         """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
-        switched on or off explicitly; otherwise the attention stays diffusers' default, SDPA."""
-        if device.type == "cuda" and self._xformers_attention is None and is_xformers_available():
+        switched on or off explicitly; otherwise, or when the installed xformers cannot run here (with a
+        warning), the attention stays diffusers' default, SDPA."""
+        if device.type != "cuda" or self._xformers_attention is not None or not is_xformers_available():
+            return
+        try:
             self.enable_xformers_memory_efficient_attention()
+        except Exception as error:  # installed, but e.g. built without kernels for this card or torch
+            logger.warning(f"xformers is installed but cannot be used here ({error!r}); keeping SDPA attention.")
+            self.disable_xformers_memory_efficient_attention()
 
     def enable_torch_compile(self, **compile_options: Any) -> None:
         """Compile the modules that every step runs with ``torch.compile``: the UNet, the VAE decoder,

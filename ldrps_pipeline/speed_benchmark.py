@@ -871,8 +871,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             model.to(memory_format=torch.contiguous_format)
 
     if xformers and "paper+xformers" not in args.skip:
-        pipe.enable_xformers_memory_efficient_attention()
         try:
+            pipe.enable_xformers_memory_efficient_attention()
             measured_row(
                 "paper+xformers",
                 "paper with xformers' memory-efficient attention",

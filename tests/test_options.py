@@ -195,3 +195,26 @@ def test_switching_xformers_off_keeps_sdpa_and_the_result(reference):
     assert pipe.xformers_attention is False
     assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert torch.equal(restore(pipe, image), expected)
+
+
+def test_an_installed_xformers_that_cannot_run_leaves_sdpa_with_a_warning(monkeypatch, caplog):
+    applied = []
+
+    def switch(self, valid, attention_op=None):
+        applied.append(valid)
+        if valid:
+            raise RuntimeError("no kernels for this card")
+
+    monkeypatch.setattr(DiffusionPipeline, "set_use_memory_efficient_attention_xformers", switch)
+    monkeypatch.setattr(pipeline_ldrps, "is_xformers_available", lambda: True)
+    pipe = tiny_pipeline()
+    with caplog.at_level(logging.WARNING):
+        logging.enable_propagation()
+        try:
+            pipe._use_xformers_if_installed(torch.device("cuda"))
+            pipe._use_xformers_if_installed(torch.device("cuda"))
+        finally:
+            logging.disable_propagation()
+    # Tried once, switched back off (SDPA), not tried again.
+    assert applied == [True, False] and pipe.xformers_attention is False
+    assert sum("cannot be used here" in r.getMessage() for r in caplog.records) == 1
