@@ -22,6 +22,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, is_xformers_available, logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -211,12 +212,23 @@ class LDRPSPipeline(DiffusionPipeline):
         super().set_use_memory_efficient_attention_xformers(valid, attention_op)
         self._xformers_attention = valid
 
+    def _default_attention(self) -> bool:
+        """Whether every attention layer of the UNet and the VAE still has diffusers' default processor."""
+        defaults = (AttnProcessor, AttnProcessor2_0)
+        return all(
+            type(processor) in defaults
+            for model in (self.unet, self.vae)
+            for processor in model.attn_processors.values()
+        )
+
     def _use_xformers_if_installed(self, device: torch.device) -> None:
         """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
-        switched on or off explicitly; otherwise, or when the installed xformers cannot run here (with a
-        warning), the attention stays diffusers' default, SDPA."""
+        switched on or off explicitly or the attention processors are not diffusers' defaults; otherwise, or
+        when the installed xformers cannot run here (with a warning), the attention stays as it is (SDPA)."""
         if device.type != "cuda" or self._xformers_attention is not None or not is_xformers_available():
             return
+        if not self._default_attention():
+            return  # the user's own attention processors are never replaced
         try:
             self.enable_xformers_memory_efficient_attention()
         except Exception as error:  # installed, but e.g. built without kernels for this card or torch
@@ -248,9 +260,10 @@ class LDRPSPipeline(DiffusionPipeline):
         this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
         """
         if self._xformers_attention is None:
-            # Inductor compiles SDPA (diffusers' default) natively, while xformers' kernels are opaque to it;
-            # and the switch-on at the first CUDA call would change the compiled modules' attention afterwards.
-            self.disable_xformers_memory_efficient_attention()
+            # No switch-on of xformers at the first CUDA call: it would change the compiled modules' attention
+            # afterwards, and inductor compiles SDPA (diffusers' default) while xformers' kernels are opaque to it.
+            # The attention processors themselves are left as they are.
+            self._xformers_attention = False
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         inductor = compile_options.get("backend", "inductor") == "inductor"

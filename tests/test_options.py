@@ -6,6 +6,7 @@ Tolerances are stated beside each assertion with what was measured on CPU (tiny 
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging
 
 from ldrps_pipeline import pipeline_ldrps
@@ -176,16 +177,28 @@ def test_xformers_switches_on_at_the_first_cuda_call_unless_chosen_explicitly(mo
     chosen.disable_xformers_memory_efficient_attention()
     chosen._use_xformers_if_installed(torch.device("cuda"))
     assert applied == [True, False] and chosen.xformers_attention is False
-    # enable_torch_compile keeps SDPA unless xformers was switched on explicitly.
+    # enable_torch_compile keeps SDPA unless xformers was switched on explicitly, without touching the processors.
     compiled = tiny_pipeline()
     compiled.enable_torch_compile(backend="eager")
-    assert compiled.xformers_attention is False and applied == [True, False, False]
+    compiled._use_xformers_if_installed(torch.device("cuda"))
+    assert compiled.xformers_attention is False and applied == [True, False]
     pipe.enable_torch_compile(backend="eager")
-    assert pipe.xformers_attention is True and applied == [True, False, False]
+    assert pipe.xformers_attention is True and applied == [True, False]
+    # The user's own attention processors are never replaced.
+    custom = tiny_pipeline()
+    custom.unet.set_attn_processor(AttnProcessorWithAScale())
+    custom._use_xformers_if_installed(torch.device("cuda"))
+    assert applied == [True, False] and custom.xformers_attention is None
+    custom.enable_torch_compile(backend="eager")
+    assert {type(p) for p in custom.unet.attn_processors.values()} == {AttnProcessorWithAScale}
     # Not installed: nothing happens.
     monkeypatch.setattr(pipeline_ldrps, "is_xformers_available", lambda: False)
     tiny_pipeline()._use_xformers_if_installed(torch.device("cuda"))
-    assert applied == [True, False, False]
+    assert applied == [True, False]
+
+
+class AttnProcessorWithAScale(AttnProcessor2_0):
+    """A user's own attention processor (a subclass, so not diffusers' default type)."""
 
 
 def test_switching_xformers_off_keeps_sdpa_and_the_result(reference):
