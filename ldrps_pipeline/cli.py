@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="weights' dtype (default auto: bfloat16 on a CUDA card that supports it, else float32)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the models that every step runs (for a GPU and many images: the first image of each "
+        "size pays for the compilation)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     return parser
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
+    if args.compile:
+        pipe.enable_torch_compile()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for source, target, image in zip(args.inputs, outputs, images, strict=True):
         try:

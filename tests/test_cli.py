@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from ldrps_pipeline import cli
+from ldrps_pipeline import LDRPSPipeline, cli
 from ldrps_pipeline.loading import resolve_dtype
 from tiny_components import tiny_pipeline
 
@@ -106,6 +106,26 @@ def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypat
     # auto: bfloat16 only on a CUDA card that supports it; this CPU gets float32.
     assert restore(model, a, "-o", tmp_path / "auto", "--device", "cpu") == 0
     assert loaded == [torch.bfloat16, torch.float32]
+
+
+def test_compile_option_compiles_the_pipeline_once(model, tmp_path, monkeypatch):
+    # Dynamo's "eager" backend stands in for inductor (minutes of C++ compilation on this CPU).
+    compiled = []
+    compile_with_inductor = LDRPSPipeline.enable_torch_compile
+
+    def compile_with_eager(pipe, **options):
+        compiled.append(options)
+        compile_with_inductor(pipe, backend="eager")
+
+    monkeypatch.setattr(LDRPSPipeline, "enable_torch_compile", compile_with_eager)
+    a, b = write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png", seed=1)
+    torch._dynamo.reset()
+    try:
+        assert restore(model, a, b, "-o", tmp_path / "out", "--compile") == 0
+    finally:
+        torch._dynamo.reset()
+    assert compiled == [{}]
+    assert PIL.Image.open(tmp_path / "out" / "b.png").size == (14, 10)
 
 
 def test_resolve_dtype():
