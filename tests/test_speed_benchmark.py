@@ -11,6 +11,7 @@ import torch
 from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.speed_benchmark import (
     FAST_SCHEDULE,
+    OPTIONAL_ROWS,
     PAPER_SCHEDULE,
     ReferenceCostPipeline,
     Schedule,
@@ -196,15 +197,7 @@ def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
 
 def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
     path = tmp_path / "speed.json"
-    optional = [
-        "reference-ieee",
-        "paper+vae-ckpt",
-        "paper+cudnn-autotune",
-        "paper+unet-channels-last",
-        "paper+vae-channels-last",
-        "paper+xformers",
-        "paper@large",
-    ]
+    optional = list(OPTIONAL_ROWS)
     assert main(["--tiny", "--steps-measured", "1", "--skip", *optional, "--json", str(path)]) == 0
     results = json.loads(path.read_text())
     assert [row["name"] for row in results["rows"]] == ["reference", "paper", "paper-50+1", "fast"]
