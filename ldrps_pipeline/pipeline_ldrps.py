@@ -246,8 +246,8 @@ class LDRPSPipeline(DiffusionPipeline):
         compilation, and the decoder compiles once more when its backward first runs below the guidance
         gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
         anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
-        relational of symbolic sizes) once a second shape made them dynamic. Unless xformers attention
-        was switched on explicitly, the attention stays SDPA, which inductor compiles. CUDA-graph modes
+        relational of symbolic sizes) once a second shape made them dynamic. The attention processors stay
+        as they are (SDPA by default, which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
         (``"reduce-overhead"``) are not advised: the online training of the alignment state between
         the calls defeats them.
 
