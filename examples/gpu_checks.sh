@@ -4,7 +4,7 @@
 #
 #   bash examples/gpu_checks.sh COMMIT [extra ldrps-speed-benchmark options, e.g. --compile]
 #
-# 1. installs the carried wheels (.whl/: diffusers, pytest and its dependencies) into /tmp/site,
+# 1. installs the carried wheels (.whl/: diffusers, xformers, pytest and its dependencies) into /tmp/site,
 # 2. runs the CUDA-only tests (tests/test_gpu.py; GPU_TESTS_K="pytest -k expression" selects some),
 # 3. runs examples/inductor_bf16_grad_repro.py on CUDA (recorded in $OUT/inductor_repro.txt, not fatal),
 # 4. runs ldrps-speed-benchmark, writing $OUT/speed.json; the logs go to $OUT/ too.
