@@ -617,6 +617,42 @@ def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, gu
     return timer.guided_step_means(skip=warmup)
 
 
+def bare_calls(pipe: LDRPSPipeline, image_size: int, repeats: int) -> dict[str, float]:
+    """Mean milliseconds of the two biggest calls of a guided step made directly, outside the pipeline.
+
+    ``unet``: one UNet call on the paper step's batch (2 samples x both CFG branches) at ``image_size``'s
+    latent grid; ``decoder``: one VAE-decoder forward of one latent. Both under ``torch.inference_mode``,
+    after one untimed call, synchronised before and after the ``repeats`` timed calls. Set against the
+    pipeline's own phases, they tell the pipeline's overhead from the card's speed; ALGORITHM.md
+    measured the UNet call alone at 27 ms on an H200 in bf16.
+    """
+    device = pipe._execution_device
+    rows = 2 * pipe.posterior_scheduler.config.num_samples
+    grid = pipe.latent_grid(image_size, image_size)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(rows, pipe.unet.config.in_channels, *grid, generator=generator).to(device, pipe.unet.dtype)
+    embeds = torch.randn(
+        rows, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, generator=generator
+    ).to(device, pipe.unet.dtype)
+    timestep = torch.tensor(500, device=device)
+    vae_latents = latents[:1, : pipe.vae.config.latent_channels].to(pipe.vae.dtype)
+    calls = {
+        "unet": lambda: pipe.unet(latents, timestep, encoder_hidden_states=embeds, return_dict=False),
+        "decoder": lambda: pipe.vae.decode(vae_latents, return_dict=False),
+    }
+    means = {}
+    with torch.inference_mode():
+        for name, call in calls.items():
+            call()
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            synchronize(device)
+            means[name] = round(1000 * (time.perf_counter() - start) / repeats, 2)
+    return means
+
+
 def restore(pipe: LDRPSPipeline, image: torch.Tensor, steps: int, seed: int, **call_kwargs: Any) -> torch.Tensor:
     """One restoration of ``steps`` steps without recurrence, as a float32 CPU tensor (1, 3, H, W)."""
     return (
@@ -849,6 +885,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         log(f"{name}, one guided step by phase (ms, synchronised around each): {phases_ms[name]}")
 
     time_phases("paper")
+    checks["bare_calls_ms"] = bare_calls(pipe, image_size, args.breakdown_steps)
+    log(f"paper's UNet and decoder called directly (ms): {checks['bare_calls_ms']}")
 
     if "paper+vae-ckpt" not in args.skip:
         pipe.vae.enable_gradient_checkpointing()
@@ -1029,6 +1067,12 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"  {name}'s guided step by phase (ms, device synchronised around each): "
             + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
+        )
+    if "bare_calls_ms" in checks:
+        bare = checks["bare_calls_ms"]
+        lines.append(
+            f"  called directly, outside the pipeline (ms): UNet {bare['unet']:g} (paper's batch), "
+            f"decoder forward {bare['decoder']:g} (one latent)"
         )
     if "compile_seconds" in checks:
         lines.append(f"  torch.compile: the first {checks['steps']}-step run took {checks['compile_seconds']} s")

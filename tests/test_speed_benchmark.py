@@ -89,6 +89,13 @@ def test_phase_breakdown_covers_the_guided_step(run):
     assert parts == pytest.approx(phases["total"], rel=0.05)
 
 
+def test_bare_calls_time_the_unet_and_decoder_outside_the_pipeline(run):
+    _, log, results = run
+    bare = results["checks"]["bare_calls_ms"]
+    assert set(bare) == {"unet", "decoder"} and all(value > 0 for value in bare.values())
+    assert "called directly, outside the pipeline (ms): UNet" in log
+
+
 def test_json_numbers_are_finite_and_positive(run):
     _, _, results = run
     for row in results["rows"]:
