@@ -18,11 +18,13 @@ PerceptualDistanceToInput = Callable[[torch.Tensor], torch.Tensor]
 def exposure_loss(image: torch.Tensor, patch_size: int = 32, level: float = 0.5) -> torch.Tensor:
     """Exposure control loss: mean over average-pooled patches of the channel-mean image of ``(patch - level)^2``.
 
-    Images smaller than ``patch_size`` use one patch per side as large as the image allows.
+    Images smaller than ``patch_size`` use one patch per side as large as the image allows. When a side
+    is not a multiple of ``patch_size``, its last, narrower patches are kept (each the mean of its own
+    pixels), so that every pixel takes part: inputs are restored at their own size, not only at 512.
     """
     gray = image.mean(dim=1, keepdim=True)
     kernel = (min(patch_size, gray.shape[-2]), min(patch_size, gray.shape[-1]))
-    patches = F.avg_pool2d(gray, kernel)
+    patches = F.avg_pool2d(gray, kernel, ceil_mode=True)
     return ((patches - level) ** 2).mean()
 
 

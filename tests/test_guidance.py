@@ -14,6 +14,17 @@ def test_exposure_loss_hand_computed():
     assert exposure_loss(torch.full((1, 3, 10, 7), 0.7), patch_size=32).item() == pytest.approx(0.04, rel=1e-5)
 
 
+def test_exposure_loss_keeps_the_last_narrower_patches():
+    # 40 x 32 with 32 px patches: a full top patch at the target level and an 8-row bottom patch of black.
+    image = torch.full((1, 3, 40, 32), 0.5)
+    image[:, :, 32:] = 0.0
+    assert exposure_loss(image, patch_size=32).item() == pytest.approx(0.125)
+    # Every pixel gets a gradient, the ones beyond the last full patch too.
+    image = torch.rand(1, 3, 50, 70, requires_grad=True)
+    exposure_loss(image, patch_size=32).backward()
+    assert (image.grad[..., 32:, :].abs().sum(dim=1) > 0).all() and (image.grad[..., 64:].abs().sum(dim=1) > 0).all()
+
+
 def test_color_loss_hand_computed():
     image = torch.zeros(1, 3, 4, 4)
     image[:, 0] = 0.6
