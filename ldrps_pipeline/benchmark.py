@@ -30,6 +30,7 @@ Example (the demo model on a 2-core CPU)::
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -49,7 +50,9 @@ from torch import Tensor
 from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always installed with diffusers
 
 from .baselines import get_baselines
+from .cli import SEED_RANGE, float_in, int_in
 from .degradations import BENCHMARK_DEGRADATIONS, get_degradation
+from .loading import load_pipeline, resolve_device, resolve_model
 from .metrics import psnr, ssim_y
 from .photos import HELDOUT_PHOTOS, heldout_crops
 from .pipeline_ldrps import LDRPSPipeline
@@ -75,7 +78,8 @@ class BenchmarkConfig:
         steps: DDIM steps of LD-RPS's pass 0.
         recurrences: LD-RPS passes after pass 0; ``None``: each preset's own value.
         seeds: the LD-RPS seeds; every LD-RPS result is computed for each of them.
-        posterior_scale: replaces the posterior scale of every guided LD-RPS run; ``None``: the presets'.
+        posterior_scale: replaces the posterior scale (finite, >= 0) of every guided LD-RPS run;
+            ``None``: the presets'.
         device: torch device for the pipeline; ``None``: CUDA if available, else CPU.
     """
 
@@ -104,6 +108,8 @@ class BenchmarkConfig:
             raise ValueError("crops_per_photo and steps must be >= 1")
         if self.recurrences is not None and self.recurrences < 0:
             raise ValueError(f"recurrences must be >= 0, got {self.recurrences}")
+        if self.posterior_scale is not None and not (math.isfinite(self.posterior_scale) and self.posterior_scale >= 0):
+            raise ValueError(f"posterior_scale must be a finite number >= 0, got {self.posterior_scale}")
 
 
 @dataclass(frozen=True)
@@ -360,10 +366,7 @@ def run_benchmark(
     """
     start = time.perf_counter()
     if pipe is None:
-        from .loading import load_pipeline
-
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = load_pipeline(config.model).to(device)
+        pipe = load_pipeline(config.model).to(resolve_device(config.device))
         pipe.set_progress_bar_config(disable=True)
     crops = benchmark_crops(config) if crops is None else crops
     results = BenchmarkResults(config=config, environment=environment(pipe))
@@ -406,9 +409,26 @@ def format_table(results: BenchmarkResults) -> str:
 
 
 def write_json(results: BenchmarkResults, path: Path) -> None:
-    """Write ``results.to_json()`` to ``path`` (parent folders are created)."""
+    """Write ``results.to_json()`` to ``path``, a new file (parent folders are created).
+
+    Raises:
+        FileExistsError: when ``path`` exists; it is never overwritten.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+    with path.open("x") as file:
+        file.write(json.dumps(results.to_json(), indent=2) + "\n")
+
+
+def check_new_file(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless :func:`write_json` can create it: nothing is there yet
+    (not a file, a folder or a link) and its nearest existing ancestor is a folder."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of a new file")
+    if path.exists() or path.is_symlink():
+        raise ValueError(f"{path} exists; give the path of a new file (an existing one is never overwritten)")
+    ancestor = next(p for p in path.parents if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"{path} cannot be created: {ancestor} is a file, not a folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,23 +451,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PHOTO",
         help=f"held-out photos to crop (default: all of {', '.join(HELDOUT_PHOTOS)})",
     )
-    parser.add_argument("--size", type=int, default=128, help="crop side in pixels (default 128)")
-    parser.add_argument("--crops-per-photo", type=int, default=1, help="crops per photo (default 1)")
-    parser.add_argument("--steps", type=int, default=450, help="DDIM steps of LD-RPS's pass 0 (default 450)")
-    parser.add_argument("--recurrences", type=int, default=None, help="LD-RPS recurrences (default: each preset's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="LD-RPS seeds (default: 0)")
     parser.add_argument(
-        "--posterior-scale", type=float, default=None, help="posterior scale of every guided LD-RPS run"
+        "--size", type=int_in(16), default=128, help="crop side in pixels, a multiple of 4 (default 128)"
+    )
+    parser.add_argument("--crops-per-photo", type=int_in(1), default=1, help="crops per photo (default 1)")
+    parser.add_argument("--steps", type=int_in(1), default=450, help="DDIM steps of LD-RPS's pass 0 (default 450)")
+    parser.add_argument(
+        "--recurrences", type=int_in(0), default=None, help="LD-RPS recurrences (default: each preset's)"
+    )
+    parser.add_argument("--seeds", type=int_in(*SEED_RANGE), nargs="+", default=[0], help="LD-RPS seeds (default: 0)")
+    parser.add_argument(
+        "--posterior-scale",
+        type=float_in(0),
+        default=None,
+        help="posterior scale (>= 0) of every guided LD-RPS run (default: the presets')",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write every value here")
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="OUT.json", help="write every value to this new file"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-benchmark``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json is not None:
+        try:
+            check_new_file(args.json)
+        except ValueError as error:
+            parser.error(f"argument --json: {error}")
+    try:
+        resolve_device(args.device)
+        resolve_model(args.model)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     try:
         config = BenchmarkConfig(
             model=args.model,

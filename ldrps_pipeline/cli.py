@@ -2,18 +2,67 @@
 
 Each input is restored into OUTPUT_DIR under its own name (as PNG). The command never writes
 over an input, refuses two inputs that would land on the same output name, and does not
-replace an existing output unless ``--overwrite`` is given.
+replace an existing output unless ``--overwrite`` is given. Bad options are refused before the
+model loads. The argparse number types here are shared with ``ldrps-benchmark``.
 """
 
 import argparse
+import contextlib
+import logging
+import math
 import sys
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import huggingface_hub.utils
 import PIL.Image
 import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
-from .loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
+from .loading import DTYPE_CHOICES, load_pipeline, resolve_device, resolve_dtype, resolve_model
 from .scheduling_ldrps import PRESETS
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds ``torch.Generator.manual_seed`` accepts."""
+
+
+def int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[minimum, maximum]`` (no upper bound for ``None``)."""
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def float_in(minimum: float, maximum: float | None = None, *, above_minimum: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``minimum`` (excluded if ``above_minimum``) to ``maximum``
+    (no upper bound for ``None``)."""
+    if maximum is None:
+        expected = f"a finite number {'>' if above_minimum else '>='} {minimum:g}"
+    else:
+        expected = f"a finite number in {'(' if above_minimum else '['}{minimum:g}, {maximum:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        too_low = value <= minimum if above_minimum else value < minimum
+        if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", choices=sorted(PRESETS), default=None, help="per-task settings, or fast (one sample, 50 + 25 steps)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps of pass 0 (default: preset's; 450, fast 50)"
+        "--steps", type=int_in(1), default=None, help="DDIM steps of pass 0 (default: preset's; 450, fast 50)"
     )
-    parser.add_argument("--recurrences", type=int, default=None, help="passes after pass 0 (default: preset's)")
-    parser.add_argument("--strength", type=float, default=None, help="re-noising strength (default: preset's)")
-    parser.add_argument("--guidance-scale", type=float, default=8.0, help="classifier-free guidance scale")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--recurrences", type=int_in(0), default=None, help="passes after pass 0 (default: preset's)")
+    parser.add_argument(
+        "--strength",
+        type=float_in(0, 1, above_minimum=True),
+        default=None,
+        help="re-noising strength in (0, 1] (default: preset's)",
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float_in(0), default=8.0, help="classifier-free guidance scale (default 8)"
+    )
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
     parser.add_argument("--prompt", default=None, help="describe the clean image (skips the captioner)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -56,6 +112,9 @@ def plan_outputs(inputs: list[Path], output_dir: Path, overwrite: bool) -> list[
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
         raise ValueError(f"input files not found: {', '.join(missing)}")
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a folder; choose another output folder")
     outputs = [output_dir / f"{p.stem}.png" for p in inputs]
     resolved_inputs = {p.resolve() for p in inputs}
     seen: dict[Path, Path] = {}
@@ -65,42 +124,83 @@ def plan_outputs(inputs: list[Path], output_dir: Path, overwrite: bool) -> list[
         if target in seen:
             raise ValueError(f"{seen[target]} and {source} would both be written to {target}")
         seen[target] = source
+        if target.is_dir():
+            raise ValueError(f"{target} is a folder; move it or choose another output folder")
         if target.exists() and not overwrite:
             raise ValueError(f"{target} exists; pass --overwrite to replace it")
     return outputs
 
 
+@contextlib.contextmanager
+def silenced_libraries() -> Iterator[None]:
+    """Inside the block, no progress bars or warnings from diffusers, transformers, huggingface_hub
+    (downloads) or this package: errors only. Their settings are restored on exit."""
+    package_logger = logging.getLogger(__name__.split(".")[0])
+    saved_levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity(), package_logger.level)
+    saved_bars = (
+        diffusers_logging.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+    )
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    package_logger.setLevel(logging.ERROR)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(saved_levels[0])
+        transformers_logging.set_verbosity(saved_levels[1])
+        package_logger.setLevel(saved_levels[2])
+        if saved_bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if saved_bars[1]:
+            transformers_logging.enable_progress_bar()
+        if not saved_bars[2]:
+            huggingface_hub.utils.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-restore``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        resolve_model(args.model)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     try:
         outputs = plan_outputs(args.inputs, args.output_dir, args.overwrite)
         images = [PIL.Image.open(p).convert("RGB") for p in args.inputs]
     except (ValueError, OSError) as error:
         print(f"ldrps-restore: error: {error}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    if args.compile:
-        pipe.enable_torch_compile()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    for source, target, image in zip(args.inputs, outputs, images, strict=True):
-        try:
-            result = pipe(
-                image,
-                prompt=args.prompt,
-                num_inference_steps=args.steps,
-                recurrences=args.recurrences,
-                strength=args.strength,
-                guidance_scale=args.guidance_scale,
-                preset=args.preset,
-                generator=torch.Generator().manual_seed(args.seed),
-            )
-        except ValueError as error:
-            print(f"ldrps-restore: error: {source}: {error}", file=sys.stderr)
-            return 2
-        result.images[0].save(target)
-        if not args.quiet:
-            print(f"{source} -> {target}  (prompt: {result.prompts[0]!r})")
+    with silenced_libraries() if args.quiet else contextlib.nullcontext():
+        pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
+        pipe.set_progress_bar_config(disable=args.quiet)
+        if args.compile:
+            pipe.enable_torch_compile()
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        for source, target, image in zip(args.inputs, outputs, images, strict=True):
+            try:
+                result = pipe(
+                    image,
+                    prompt=args.prompt,
+                    num_inference_steps=args.steps,
+                    recurrences=args.recurrences,
+                    strength=args.strength,
+                    guidance_scale=args.guidance_scale,
+                    preset=args.preset,
+                    generator=torch.Generator().manual_seed(args.seed),
+                )
+            except ValueError as error:
+                print(f"ldrps-restore: error: {source}: {error}", file=sys.stderr)
+                return 2
+            result.images[0].save(target)
+            if not args.quiet:
+                print(f"{source} -> {target}  (prompt: {result.prompts[0]!r})")
     return 0

@@ -18,11 +18,18 @@ from pathlib import Path
 from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
 from . import pipeline_ldrps
+from .loading import load_pipeline, resolve_model
 from .pipeline_ldrps import LDRPSPipeline
 
 PACKAGE_DIR = Path(pipeline_ldrps.__file__).parent
 PIPELINE_FILE = Path(pipeline_ldrps.__file__).name
 PACKAGE_NAME = __name__.split(".")[0]
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise ``FileExistsError`` naming ``output_dir`` unless it is new or an empty folder."""
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise FileExistsError(f"{output_dir} exists and is not an empty folder; choose a new one")
 
 
 def export_for_hub(pipeline: LDRPSPipeline, output_dir: str | Path, *, safe_serialization: bool = True) -> Path:
@@ -38,8 +45,7 @@ def export_for_hub(pipeline: LDRPSPipeline, output_dir: str | Path, *, safe_seri
         ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise FileExistsError(f"{output_dir} exists and is not an empty folder; choose a new one")
+    check_output_dir(output_dir)
     # Write into a temporary sibling first so that a failure leaves nothing half-written.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ldrps-export-", dir=output_dir.parent))
@@ -83,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a folder saved by LDRPSPipeline.save_pretrained, or 'demo'")
     parser.add_argument("output_dir", help="the new folder to write (must not exist or be empty)")
     args = parser.parse_args(argv)
-    from .loading import load_pipeline
-
+    try:
+        resolve_model(args.source)
+        check_output_dir(Path(args.output_dir))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        parser.error(str(error))
     folder = export_for_hub(load_pipeline(args.source), args.output_dir)
     print(f"exported to {folder}")
     return 0

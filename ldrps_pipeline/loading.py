@@ -7,11 +7,43 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .alignment_ldrps import AlignmentModule
 from .demo import demo_model_path
 from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import RecurrentPosteriorScheduler
+
+
+def resolve_model(model: str) -> str:
+    """Where :func:`load_pipeline` loads ``model`` from, checked before anything is loaded.
+
+    Returns:
+        The bundled demo model's folder for ``"demo"``; ``model`` itself for a local diffusers
+        pipeline folder (one with ``model_index.json``) or, when no such path exists here, for a
+        Hub repo id (``"user/repo"``, which goes to the Hub).
+
+    Raises:
+        ValueError: naming ``model``, when it is a local file, a folder without ``model_index.json``,
+            or a path that exists neither here nor can be a Hub repo id (such as ``/nonexistent``).
+    """
+    if model == "demo":
+        return str(demo_model_path())
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"model folder {model} is not a diffusers pipeline folder (it has no model_index.json)")
+        return model
+    if path.exists():
+        raise ValueError(f"model {model} is a file, not a diffusers pipeline folder")
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise ValueError(
+            f"model folder {model} does not exist (and it is not a Hub repo id like 'user/repo')"
+        ) from None
+    return model
 
 
 def _model_index(model: str) -> dict:
@@ -38,6 +70,31 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device ``name``, checked to be usable on this machine; ``None``: CUDA if available, else the CPU.
+
+    Raises:
+        ValueError: naming ``name``, when it is not a torch device or this machine cannot use it.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device (such as cpu, cuda, cuda:1 or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"device {name!r} is not usable on this machine: {error}") from None
+    return device
+
+
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPipeline:
     """Load ``model`` as an :class:`LDRPSPipeline`.
 
@@ -47,9 +104,11 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPip
             ``"stabilityai/stable-diffusion-2-1-base"``), which gets a default alignment module and
             posterior scheduler.
         dtype: the weights' dtype.
+
+    Raises:
+        ValueError: for a ``model`` that :func:`resolve_model` rejects, before anything is loaded.
     """
-    if model == "demo":
-        model = str(demo_model_path())
+    model = resolve_model(model)
     class_name = _model_index(model)["_class_name"]
     if "LDRPSPipeline" in (class_name if isinstance(class_name, list) else [class_name]):
         return LDRPSPipeline.from_pretrained(model, dtype=dtype)

@@ -12,6 +12,7 @@ finds them all when this file is used as ``custom_pipeline`` or from a Hub expor
 """
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -55,11 +57,27 @@ class LDRPSPipelineOutput(BaseOutput):
 
 
 def _is_int_at_least(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    """An integer (Python or numpy, not a bool) of at least ``minimum``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_) and value >= minimum
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (Python or numpy, not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_) and math.isfinite(value)
+
+
+def as_ddim_scheduler(scheduler: SchedulerMixin | None) -> DDIMScheduler | None:
+    """``scheduler`` itself when it is a DDIM scheduler, else a DDIM scheduler with its config (its noise
+    schedule, spacing and prediction type): LD-RPS's update is DDIM's (eta = 0)."""
+    if scheduler is None or isinstance(scheduler, DDIMScheduler):
+        return scheduler
+    return DDIMScheduler.from_config(scheduler.config)
 
 
 def _validate_pixels(array: torch.Tensor, what: str) -> torch.Tensor:
     """Float32 pixels in [0, 1] from uint8 or float input; clear errors for anything else."""
+    if not array.numel():
+        raise ValueError(f"{what} is empty: it has shape {tuple(array.shape)}")
     if array.dtype == torch.uint8:
         return array.float() / 255.0
     if not array.is_floating_point():
@@ -67,7 +85,7 @@ def _validate_pixels(array: torch.Tensor, what: str) -> torch.Tensor:
     array = array.float()
     if not torch.isfinite(array).all():
         raise ValueError(f"{what} contains NaN or infinite pixel values")
-    if array.numel() and (array.min() < 0 or array.max() > 1):
+    if array.min() < 0 or array.max() > 1:
         raise ValueError(
             f"{what} must be in [0, 1] (floats) or 0-255 (uint8); got values in "
             f"[{array.min().item():.3g}, {array.max().item():.3g}]. A tensor in [-1, 1] needs (x + 1) / 2 first."
@@ -154,7 +172,7 @@ class LDRPSPipeline(DiffusionPipeline):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
             logger.info(f"LD-RPS samples with DDIM: converting {type(scheduler).__name__} to DDIMScheduler.")
-            scheduler = DDIMScheduler.from_config(scheduler.config)
+            scheduler = as_ddim_scheduler(scheduler)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -173,10 +191,29 @@ class LDRPSPipeline(DiffusionPipeline):
                 model.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self._xformers_attention: bool | None = None
-        self._warned_missing_perceptual = False
+        self._warned: set[str] = set()
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """As in every diffusers pipeline, except that a scheduler assigned later
+        (``pipe.scheduler = X.from_config(pipe.scheduler.config)``) becomes a DDIM scheduler with its
+        config, as one given to ``__init__`` does, with a warning."""
+        if name == "scheduler" and not isinstance(value, DDIMScheduler | None):
+            logger.warning(
+                f"LD-RPS samples with DDIM (eta = 0): the assigned {type(value).__name__} is converted to a "
+                "DDIMScheduler with its config."
+            )
+            value = as_ddim_scheduler(value)
+        super().__setattr__(name, value)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        """Log ``message`` the first time ``key`` comes up for this pipeline: a loop over many images
+        should not repeat it."""
+        if key not in self._warned:
+            logger.warning(message)
+            self._warned.add(key)
 
     # ----------------------------------------------------------------------------------------
     # Properties, as in diffusers' pipelines
@@ -298,9 +335,9 @@ class LDRPSPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if recurrences is not None and not _is_int_at_least(recurrences, 0):
             raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
-        if strength is not None and not (isinstance(strength, int | float) and 0 < strength <= 1):
+        if strength is not None and not (_is_real(strength) and 0 < strength <= 1):
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        if not _is_real(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -308,6 +345,11 @@ class LDRPSPipeline(DiffusionPipeline):
             raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not isinstance(callback_on_step_end_tensor_inputs, list | tuple):
+            raise ValueError(
+                "callback_on_step_end_tensor_inputs must be a list of names, e.g. ['latents'], "
+                f"got {callback_on_step_end_tensor_inputs!r}"
+            )
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
@@ -545,7 +587,7 @@ class LDRPSPipeline(DiffusionPipeline):
         self,
         image: PipelineImageInput,
         prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = "",
         num_inference_steps: int | None = None,
         recurrences: int | None = None,
         strength: float | None = None,
@@ -555,7 +597,10 @@ class LDRPSPipeline(DiffusionPipeline):
         unet_batch_size: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> LDRPSPipelineOutput | tuple:
         """Restore degraded images.
@@ -565,7 +610,7 @@ class LDRPSPipeline(DiffusionPipeline):
                 (B, 3, H, W), uint8 or float in [0, 1], or a list; any size, restored at that size.
             prompt: what the clean image shows; given, it skips the captioner. ``None``: the
                 captioner's caption, or "" (with a warning) without a captioner.
-            negative_prompt: the negative prompt of classifier-free guidance.
+            negative_prompt: the negative prompt of classifier-free guidance (``None`` is ``""``).
             num_inference_steps: DDIM steps of pass 0 over the full schedule; ``None``: the posterior
                 scheduler's (or preset's) value, 450 (the paper's) by default, 50 with ``preset="fast"``.
             recurrences: passes after pass 0; ``None``: the posterior scheduler's (or preset's) value, 2 by default.
@@ -580,12 +625,16 @@ class LDRPSPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return an :class:`LDRPSPipelineOutput` rather than ``(images, prompts)``.
             callback_on_step_end: called after every step of every pass as
-                ``callback(pipe, step_index, timestep, callback_kwargs)``; may return replacements.
+                ``callback(pipe, step_index, timestep, callback_kwargs)``; may return replacements, and may
+                set ``pipe._guidance_scale`` (diffusers' ``SDCFGCutoffCallback`` does). A diffusers
+                ``PipelineCallback`` or ``MultiPipelineCallbacks`` brings its own ``tensor_inputs``.
             callback_on_step_end_tensor_inputs: which tensors ``callback_kwargs`` holds (default ``["latents"]``).
 
         Returns:
             :class:`LDRPSPipelineOutput` with ``images`` and ``prompts``, or the tuple ``(images, prompts)``.
         """
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         # 0. Check the arguments, resolve the preset and read the image.
         self.check_inputs(
@@ -600,42 +649,44 @@ class LDRPSPipeline(DiffusionPipeline):
         )
         posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
         perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
-        if self.perceptual is None and perceptual_weighted and not self._warned_missing_perceptual:
-            # Once per pipeline: a loop over many images should not repeat it.
-            logger.warning(
+        if self.perceptual is None and perceptual_weighted:
+            self._warn_once(
+                "no perceptual",
                 "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
-                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict)."
+                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
             )
-            self._warned_missing_perceptual = True
         degraded = image_to_tensor(image)
         batch_size, _, height, width = degraded.shape
         prompts = self._per_image(prompt, batch_size, "prompt")
-        negative_prompts = self._per_image(negative_prompt, batch_size, "negative_prompt")
+        negative_prompts = self._per_image(
+            "" if negative_prompt is None else negative_prompt, batch_size, "negative_prompt"
+        )
         generators = self._generators(generator, batch_size)
         device = self._execution_device
         self._use_xformers_if_installed(device)
         degraded = degraded.to(device)
-        self._guidance_scale = guidance_scale
+        self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
 
-        # 1. Text prompt: the given one, else the captioner's description of the clean image.
+        # 1. The pass plan: pass 0 over the full schedule, then each recurrence over its tail (checked here,
+        #    before any model runs).
+        if num_inference_steps is None:
+            num_inference_steps = posterior.config.num_inference_steps
+        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
+        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+
+        # 2. Text prompt: the given one, else the captioner's description of the clean image.
         if prompts is None:
             if posterior.config.use_caption and self.captioner is not None:
                 prompts = self.caption(degraded)
             else:
                 if posterior.config.use_caption:
-                    logger.warning("No prompt and no captioner: restoring with the empty prompt.")
+                    self._warn_once("no captioner", "No prompt and no captioner: restoring with the empty prompt.")
                 prompts = [""] * batch_size
 
-        # 2. Text embeddings with classifier-free guidance (negative prompt "" by default), one row per sample.
+        # 3. Text embeddings with classifier-free guidance (negative prompt "" by default), one row per sample.
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompts, device)
-
-        # 3. The pass plan: pass 0 over the full schedule, then each recurrence over its tail.
-        if num_inference_steps is None:
-            num_inference_steps = posterior.config.num_inference_steps
-        passes = posterior.set_timesteps(num_inference_steps, self.scheduler, recurrences, strength)
-        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
 
         # 4. Fresh per-image state (alignment module, optimisers, discriminators) and initial noise.
         trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
@@ -659,7 +710,7 @@ class LDRPSPipeline(DiffusionPipeline):
                 for t, unet_t in zip(timesteps, torch.tensor(timesteps, device=device), strict=True):
                     if self.interrupt:
                         break
-                    noise_pred = self.predict_noise(latents, unet_t, embeds, guidance_scale, unet_batch_size)
+                    noise_pred = self.predict_noise(latents, unet_t, embeds, self.guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                     # The alignment state is trained (and guides) only when the posterior guidance is on.
                     gradient = None
@@ -679,12 +730,21 @@ class LDRPSPipeline(DiffusionPipeline):
                             "negative_prompt_embeds": negative_prompt_embeds,
                         }
                         callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        classifier_free = self.do_classifier_free_guidance
                         callback_outputs = callback_on_step_end(self, step_index, t, callback_kwargs)
                         latents = callback_outputs.pop("latents", latents)
                         prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                         negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        if "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs:
-                            embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
+                        embeddings_given = (
+                            "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs
+                        )
+                        if embeddings_given or classifier_free != self.do_classifier_free_guidance:
+                            # New embeddings, or the callback switched CFG (pipe._guidance_scale) on or off.
+                            embeds = self._cfg_embeddings(
+                                prompt_embeds,
+                                negative_prompt_embeds if self.do_classifier_free_guidance else None,
+                                num_samples,
+                            )
                     step_index += 1
                     progress_bar.update()
 

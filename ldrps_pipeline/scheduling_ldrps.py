@@ -11,6 +11,8 @@ This module imports no sibling module, so the Hub export can ship it as the
 ``posterior_scheduler`` component's remote code.
 """
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +120,56 @@ PRESETS: dict[str, dict[str, Any]] = {
 REFERENCE_SEEDS = {"lowlight": 20, "dehaze": 10, "denoise": 20}
 
 
+def _integer(value: Any, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _number(value: Any, minimum: float = 0.0, positive: bool = False) -> bool:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value > minimum if positive else value >= minimum
+
+
+def check_config(config: Any) -> None:
+    """Raise a ``ValueError`` naming the first field of a :class:`RecurrentPosteriorScheduler` config that is
+    out of range (a bad value would otherwise fail, or silently do nothing, deep inside a restoration)."""
+    rules = {
+        "num_inference_steps": ("an integer >= 1", lambda v: _integer(v, 1)),
+        "recurrences": ("an integer >= 0", lambda v: _integer(v, 0)),
+        "strength": ("in (0, 1]", lambda v: _number(v, positive=True) and v <= 1),
+        "num_samples": ("an integer >= 1", lambda v: _integer(v, 1)),
+        "guidance_start": ("an integer >= 0", lambda v: _integer(v, 0)),
+        "reference_pixels": ("an integer >= 1", lambda v: _integer(v, 1)),
+        "exposure_color_start": ("an integer >= 0", lambda v: _integer(v, 0)),
+        "exposure_patch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
+        "aligner_loss_weights": (
+            "three finite numbers >= 0",
+            lambda v: isinstance(v, list | tuple) and len(v) == 3 and all(_number(w) for w in v),
+        ),
+        "clip_quantile": ("in (0, 1]", lambda v: _number(v, positive=True) and v <= 1),
+        "clip_min": ("a finite number > 0", lambda v: _number(v, positive=True)),
+        "clip_max": (f"a finite number >= clip_min ({config.clip_min})", lambda v: _number(v, config.clip_min)),
+        "use_caption": ("True or False", lambda v: isinstance(v, bool)),
+    }
+    for name in (
+        "posterior_scale",
+        "mse_weight",
+        "perceptual_weight",
+        "adversarial_weight",
+        "exposure_weight",
+        "color_weight",
+        "aligner_perceptual_cap",
+        "aligner_perceptual_cap_factor",
+    ):
+        rules[name] = ("a finite number >= 0", _number)
+    for name in ("f_discriminator_lr_residual", "f_discriminator_lr_plain", "g_discriminator_lr"):
+        rules[name] = ("a finite number > 0", lambda v: _number(v, positive=True))
+    for name, (requirement, valid) in rules.items():
+        value = getattr(config, name)
+        if not valid(value):
+            raise ValueError(f"RecurrentPosteriorScheduler: {name} must be {requirement}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GuidanceWeights:
     """The weights of the guidance loss terms at one timestep (zero means: do not compute the term)."""
@@ -199,6 +251,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         clip_max: float = 100.0,
         use_caption: bool = True,
     ) -> None:
+        check_config(self.config)
         self.init_noise_sigma = 1.0
         self.passes: list[list[int]] = []
 
@@ -211,6 +264,10 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """A new scheduler: this one's config with preset ``name`` applied, then ``overrides``; ``self`` is unchanged."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        fields = sorted(key for key in self.config if not key.startswith("_"))
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown RecurrentPosteriorScheduler fields {unknown}; the fields are {fields}")
         return type(self).from_config(self.config, **{**PRESETS[name], **overrides})
 
     def set_timesteps(

@@ -85,6 +85,14 @@ def test_json_is_written_with_every_value_and_the_config(results, tmp_path):
     assert len(data["summary"]) == len(EXPECTED_ROWS)
 
 
+def test_json_never_overwrites_a_file(results, tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        write_json(results, path)
+    assert path.read_text() == "keep me"
+
+
 def test_degraded_input_is_scored_correctly(results):
     (record,) = records_of(results, "noise", "input")
     degraded = get_degradation("noise")(CROP.image, benchmark.degradation_seed("noise", CROP.name))
@@ -129,6 +137,12 @@ def test_posterior_scale_override_replaces_the_guided_scale(pipe):
     assert torch.equal(guided, methods["ldrps-guidance-off"].restore(CROP.image, 0))
 
 
+def test_config_refuses_a_posterior_scale_that_is_not_finite_and_non_negative():
+    for scale in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="posterior_scale must be a finite number >= 0"):
+            BenchmarkConfig(posterior_scale=scale)
+
+
 def test_command_line(tmp_path, capsys):
     model = tmp_path / "model"
     tiny_pipeline().save_pretrained(model)
@@ -142,3 +156,55 @@ def test_command_line(tmp_path, capsys):
     assert {r["crop"] for r in data["records"]} == {"chelsea/0"} and data["config"]["model"] == str(model)
     assert benchmark.main([*argv[:7], "18", "--quiet"]) == 2
     assert "size must be a multiple of 4" in capsys.readouterr().err
+
+
+@pytest.fixture
+def never_runs(monkeypatch):
+    """Fail the test if ldrps-benchmark gets as far as running (loading the model)."""
+
+    def run(*args, **kwargs):
+        pytest.fail("the benchmark ran before the bad input was refused")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", run)
+
+
+def refused(capsys, argv):
+    """The error message of an ``ldrps-benchmark`` call that argparse refuses (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([*map(str, argv)])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_command_line_refuses_a_json_path_it_cannot_create_before_running(tmp_path, capsys, never_runs):
+    existing = tmp_path / "bench.json"
+    existing.write_text("keep me")
+    assert f"argument --json: {existing} exists" in refused(capsys, ["--json", existing])
+    assert existing.read_text() == "keep me"
+    assert f"argument --json: {tmp_path} is a folder" in refused(capsys, ["--json", tmp_path])
+    error = refused(capsys, ["--json", existing / "bench.json"])
+    assert f"argument --json: {existing / 'bench.json'} cannot be created: {existing} is a file" in error
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--posterior-scale", "nan"),
+        ("--posterior-scale", "inf"),
+        ("--posterior-scale", "-1"),
+        ("--steps", "0"),
+        ("--recurrences", "-1"),
+        ("--size", "8"),
+        ("--crops-per-photo", "0"),
+        ("--seeds", "1.5"),
+    ],
+)
+def test_command_line_refuses_bad_numbers(capsys, never_runs, option, value):
+    error = refused(capsys, [option, value])
+    assert f"argument {option}: must be" in error and repr(value) in error
+
+
+def test_command_line_refuses_a_bad_model_or_device_before_running(tmp_path, capsys, never_runs):
+    missing = tmp_path / "missing"
+    assert f"model folder {missing} does not exist" in refused(capsys, ["--model", missing])
+    assert "device 'nonsense' is not a torch device" in refused(capsys, ["--device", "nonsense"])

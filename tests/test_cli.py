@@ -1,15 +1,19 @@
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub.utils
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from ldrps_pipeline import LDRPSPipeline, cli
-from ldrps_pipeline.loading import resolve_dtype
+from ldrps_pipeline.loading import resolve_device, resolve_dtype
 from tiny_components import tiny_pipeline
 
 
@@ -28,6 +32,24 @@ def write_image(path, height=10, width=14, seed=0):
 
 def restore(model, *args):
     return cli.main([*map(str, args), "--model", model, "--steps", "4", "--recurrences", "1", "--quiet"])
+
+
+@pytest.fixture
+def never_loads(monkeypatch):
+    """Fail the test if ldrps-restore gets as far as loading the model."""
+
+    def load(*args, **kwargs):
+        pytest.fail("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(cli, "load_pipeline", load)
+
+
+def refused(capsys, argv):
+    """The error message of an ``ldrps-restore`` call that argparse refuses (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*map(str, argv)])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
 
 
 def test_restores_each_input_under_its_name(model, tmp_path):
@@ -63,8 +85,77 @@ def test_refuses_colliding_names_missing_files_and_bad_arguments(model, tmp_path
     assert "would both be written" in capsys.readouterr().err
     assert restore(model, tmp_path / "missing.png", "-o", tmp_path / "out") == 2
     assert "not found" in capsys.readouterr().err
-    assert cli.main([str(a), "-o", str(tmp_path / "o2"), "--model", model, "--steps", "0", "--quiet"]) == 2
-    assert "num_inference_steps" in capsys.readouterr().err
+
+
+def test_refuses_an_output_folder_that_is_a_file_before_loading(model, tmp_path, capsys, never_loads):
+    a = write_image(tmp_path / "a.png")
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"keep me")
+    for output_dir in (taken, taken / "sub"):
+        assert restore(model, a, "-o", output_dir) == 2
+        assert f"{taken} is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_bytes() == b"keep me"
+    (tmp_path / "out" / "a.png").mkdir(parents=True)  # an output name taken by a folder, even with --overwrite
+    assert restore(model, a, "-o", tmp_path / "out", "--overwrite") == 2
+    assert f"{tmp_path / 'out' / 'a.png'} is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--steps", "0"),
+        ("--steps", "2.5"),
+        ("--recurrences", "-1"),
+        ("--strength", "5"),
+        ("--strength", "0"),
+        ("--strength", "nan"),
+        ("--guidance-scale", "inf"),
+        ("--guidance-scale", "-1"),
+        ("--seed", str(2**64)),
+    ],
+)
+def test_refuses_bad_numbers_before_loading(model, tmp_path, capsys, never_loads, option, value):
+    a = write_image(tmp_path / "a.png")
+    error = refused(capsys, [a, "-o", tmp_path / "out", "--model", model, option, value])
+    assert f"argument {option}: must be" in error and repr(value) in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_model_path_that_is_not_a_pipeline_folder_before_loading(tmp_path, capsys, never_loads):
+    a = write_image(tmp_path / "a.png")
+    (tmp_path / "empty").mkdir()
+    for folder, problem in (
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "empty", "is not a diffusers pipeline folder (it has no model_index.json)"),
+        (a, "is a file"),
+    ):
+        error = refused(capsys, [a, "-o", tmp_path / "out", "--model", folder])
+        assert f"{folder} {problem}" in error
+
+
+def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
+    class Loading(Exception):
+        pass
+
+    names = []
+
+    def load(name, *, dtype):
+        names.append(name)
+        raise Loading
+
+    monkeypatch.setattr(cli, "load_pipeline", load)
+    monkeypatch.chdir(tmp_path)  # no local folder user/repo
+    a = write_image(tmp_path / "a.png")
+    with pytest.raises(Loading):
+        cli.main([str(a), "-o", "out", "--model", "user/repo", "--quiet"])
+    assert names == ["user/repo"]
+
+
+def test_refuses_an_unknown_or_unavailable_device_before_loading(model, tmp_path, capsys, monkeypatch, never_loads):
+    argv = [write_image(tmp_path / "a.png"), "-o", tmp_path / "out", "--model", model, "--device"]
+    assert "device 'nonsense' is not a torch device" in refused(capsys, [*argv, "nonsense"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "device 'cuda': CUDA is not available" in refused(capsys, [*argv, "cuda"])
 
 
 def test_console_scripts_are_installed():
@@ -88,6 +179,29 @@ def test_installed_command_restores_with_the_bundled_demo_model(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert PIL.Image.open(tmp_path / "out" / "photo.png").size == (12, 20)
+    # --quiet: no loading progress bars, no library or pipeline warnings, no report line
+    assert completed.stdout == "" and completed.stderr == ""
+
+
+def library_output_settings():
+    return (
+        diffusers_logging.get_verbosity(),
+        diffusers_logging.is_progress_bar_enabled(),
+        transformers_logging.get_verbosity(),
+        transformers_logging.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+        logging.getLogger("ldrps_pipeline").level,
+    )
+
+
+def test_silenced_libraries_restores_their_settings(model, tmp_path):
+    before = library_output_settings()
+    with cli.silenced_libraries():
+        assert library_output_settings() == (logging.ERROR, False, logging.ERROR, False, True, logging.ERROR)
+        assert not logging.getLogger("ldrps_pipeline.pipeline_ldrps").isEnabledFor(logging.WARNING)
+    assert library_output_settings() == before
+    assert restore(model, write_image(tmp_path / "a.png"), "-o", tmp_path / "out") == 0  # --quiet
+    assert library_output_settings() == before
 
 
 def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypatch):
@@ -134,3 +248,17 @@ def test_resolve_dtype():
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("float16", "cpu")
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device 'cuda:x' is not a torch device"):
+        resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:1': this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:1")

@@ -12,8 +12,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 import ldrps_pipeline
-from ldrps_pipeline import AlignmentModule, LDRPSPipeline, RecurrentPosteriorScheduler
+from ldrps_pipeline import AlignmentModule, LDRPSPipeline, RecurrentPosteriorScheduler, hub, loading
+from ldrps_pipeline.demo import demo_model_path
 from ldrps_pipeline.hub import export_for_hub
+from ldrps_pipeline.loading import load_pipeline, resolve_model
 from tiny_components import tiny_components, tiny_image, tiny_pipeline
 
 PIPELINE_FILE = Path(ldrps_pipeline.__file__).parent / "pipeline_ldrps.py"
@@ -120,3 +122,59 @@ def test_hub_export_never_writes_into_a_used_folder(saved, tmp_path):
     with pytest.raises(FileExistsError, match="not an empty folder"):
         export_for_hub(LDRPSPipeline.from_pretrained(folder), target)
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_resolve_model_checks_local_paths_and_keeps_hub_ids(saved, tmp_path, monkeypatch):
+    folder, _ = saved
+    assert resolve_model("demo") == str(demo_model_path())
+    assert resolve_model(str(folder)) == str(folder)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty is not a diffusers pipeline folder"):
+        resolve_model(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="weights.bin is a file"):
+        resolve_model(str(tmp_path / "weights.bin"))
+    with pytest.raises(ValueError, match="model folder /nonexistent does not exist"):
+        load_pipeline("/nonexistent")  # not a valid Hub id either
+    monkeypatch.chdir(tmp_path)  # no local folder user/repo
+    assert resolve_model("user/repo") == "user/repo"
+
+
+def test_a_hub_repo_id_is_loaded_from_the_hub(saved, tmp_path, monkeypatch):
+    folder, _ = saved
+    monkeypatch.chdir(tmp_path)  # no local folder user/repo
+    downloads, loads = [], []
+
+    def download(repo_id, filename):
+        downloads.append((repo_id, filename))
+        return str(folder / filename)
+
+    def from_pretrained(model, dtype):
+        loads.append(model)
+        return "the pipeline"
+
+    monkeypatch.setattr(loading, "hf_hub_download", download)
+    monkeypatch.setattr(LDRPSPipeline, "from_pretrained", from_pretrained)
+    assert load_pipeline("user/repo") == "the pipeline"
+    assert downloads == [("user/repo", "model_index.json")] and loads == ["user/repo"]
+
+
+def test_export_command_refuses_a_bad_source_or_a_used_folder_before_loading(saved, tmp_path, capsys, monkeypatch):
+    folder, _ = saved
+
+    def load(*args, **kwargs):
+        pytest.fail("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(hub, "load_pipeline", load)
+    missing = tmp_path / "missing"
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    for argv, message in (
+        ([missing, tmp_path / "out"], f"model folder {missing} does not exist"),
+        ([folder, used], f"{used} exists and is not an empty folder"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            hub.main([*map(str, argv)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert [p.name for p in used.iterdir()] == ["notes.txt"] and not (tmp_path / "out").exists()

@@ -213,12 +213,15 @@ def test_captioner_writes_the_prompt_and_a_given_prompt_skips_it(tmp_path):
     assert len(calls) == 1 and no_caption.prompts == [""]
 
 
-def test_no_prompt_no_captioner_warns_once(pipe, caplog):
+def test_no_prompt_no_captioner_warns_once(caplog):
     from diffusers.utils import logging
 
+    pipe = tiny_pipeline()
     logging.enable_propagation()
     try:
-        out = pipe(torch.cat([tiny_image(8, 8)] * 2), num_inference_steps=2, recurrences=0, output_type="pt")
+        # Once per pipeline: not per image, not per call.
+        for _ in range(2):
+            out = pipe(torch.cat([tiny_image(8, 8)] * 2), num_inference_steps=2, recurrences=0, output_type="pt")
     finally:
         logging.disable_propagation()
     assert out.prompts == ["", ""]
@@ -262,6 +265,8 @@ def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_se
         ({"preset": "deblur"}, "preset"),
         ({"output_type": "jpeg"}, "output_type"),
         ({"prompt": ["a", "b"]}, "prompt"),
+        ({"strength": True}, "strength"),
+        ({"callback_on_step_end_tensor_inputs": "latents"}, "list of names"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(pipe, kwargs, message):
@@ -281,11 +286,82 @@ def test_bad_arguments_raise_clear_errors(pipe, kwargs, message):
         (torch.rand(3, 8, 8) * 2 - 1, r"\[0, 1\]"),
         ([tiny_image(8, 8)[0], tiny_image(8, 9)[0]], "same size"),
         ("image.png", "PIL image"),
+        (torch.zeros(3, 0, 8), "empty"),
+        (torch.zeros(0, 3, 8, 8), "empty"),
+        (np.zeros((0, 0, 3), dtype=np.uint8), "empty"),
+        (PIL.Image.new("RGB", (0, 0)), "empty"),
     ],
 )
-def test_bad_images_raise_clear_errors(pipe, image, message):
+def test_bad_images_raise_clear_errors(pipe, image, message, monkeypatch):
+    monkeypatch.setattr(pipe, "unet", None)  # raised before any model runs
     with pytest.raises(ValueError, match=message):
         pipe(image, num_inference_steps=2)
+
+
+def test_numpy_scalars_are_accepted_and_give_the_same_result(pipe):
+    expected = run(pipe, tiny_image(16, 16), recurrences=1, strength=0.5, guidance_scale=8.0).images
+    given = run(
+        pipe,
+        tiny_image(16, 16),
+        num_inference_steps=np.int64(STEPS),
+        recurrences=np.int64(1),
+        strength=np.float32(0.5),
+        guidance_scale=np.float64(8.0),
+    ).images
+    assert torch.equal(given, expected)
+
+
+def test_negative_prompt_none_is_the_empty_negative_prompt(pipe):
+    assert torch.equal(run(pipe, tiny_image(16, 16), negative_prompt=None).images, run(pipe, tiny_image(16, 16)).images)
+
+
+def test_the_pass_plan_is_checked_before_the_captioner_runs(tmp_path):
+    model, processor = tiny_captioner(str(tmp_path))
+    pipe = tiny_pipeline(captioner=model, captioner_processor=processor)
+    model.generate = lambda *args, **kwargs: pytest.fail("the captioner ran before the pass plan was checked")
+    with pytest.raises(ValueError, match="leaves no step to re-run"):
+        pipe(tiny_image(16, 16), num_inference_steps=1, recurrences=1, strength=0.5)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe(tiny_image(16, 16), num_inference_steps=2000)
+
+
+def test_a_scheduler_assigned_later_becomes_ddim(caplog):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+    from diffusers.utils import logging
+
+    expected = run(tiny_pipeline(), tiny_image(16, 16)).images
+    pipe = tiny_pipeline()
+    logging.enable_propagation()
+    try:
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    finally:
+        logging.disable_propagation()
+    assert type(pipe.scheduler) is DDIMScheduler and pipe.config.scheduler[1] == "DDIMScheduler"
+    assert any("converted to a DDIMScheduler" in r.getMessage() for r in caplog.records)
+    assert torch.equal(run(pipe, tiny_image(16, 16)).images, expected)
+
+
+def test_diffusers_cfg_cutoff_callback_switches_cfg_off():
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    pipe = tiny_pipeline()
+    batches = []
+    unet_forward = pipe.unet.forward
+
+    def recording_forward(sample, *args, **kwargs):
+        batches.append(sample.shape[0])
+        return unet_forward(sample, *args, **kwargs)
+
+    pipe.unet.forward = recording_forward
+    out = run(
+        pipe,
+        tiny_image(16, 16),
+        recurrences=0,
+        callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=3),
+    )
+    # Two samples x both CFG branches up to the cutoff's step, then the conditional branch alone.
+    assert batches == [4] * 4 + [2] * (STEPS - 4)
+    assert pipe.guidance_scale == 0.0 and torch.isfinite(out.images).all()
 
 
 def test_guidance_off_trains_no_alignment_state(monkeypatch):

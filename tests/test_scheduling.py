@@ -107,3 +107,33 @@ def test_save_and_load_config(tmp_path):
     loaded = RecurrentPosteriorScheduler.from_pretrained(tmp_path)
     assert loaded.config.num_samples == 3 and loaded.config.posterior_scale == 40000.0
     assert tuple(loaded.config.aligner_loss_weights) == (3.0, 0.002, 0.001)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_inference_steps", 0),
+        ("recurrences", -1),
+        ("strength", 1.5),
+        ("num_samples", 0),
+        ("guidance_start", -5),
+        ("posterior_scale", float("nan")),
+        ("mse_weight", -1.0),
+        ("exposure_patch_size", 0),
+        ("aligner_loss_weights", (1.0, 0.1)),
+        ("g_discriminator_lr", 0.0),
+        ("clip_quantile", 1.5),
+        ("clip_max", 0.5),
+        ("use_caption", "yes"),
+    ],
+)
+def test_out_of_range_config_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        RecurrentPosteriorScheduler(**{field: value})
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        RecurrentPosteriorScheduler.from_preset("fast", **{field: value})
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(ValueError, match=r"unknown RecurrentPosteriorScheduler fields \['num_sample'\]"):
+        RecurrentPosteriorScheduler.from_preset("fast", num_sample=1)
