@@ -16,6 +16,8 @@ out="${OUT:-/tmp/ldrps-gpu-out}"
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+# Nothing written into the checkout or the home folder: no bytecode caches, Triton's cache under /tmp.
+export PYTHONDONTWRITEBYTECODE=1 TRITON_CACHE_DIR=/tmp/triton-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -rs -k "${GPU_TESTS_K:-}" tests/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
 tests=${PIPESTATUS[0]}

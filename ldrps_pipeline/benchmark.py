@@ -49,8 +49,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always installed with diffusers
 
+from .arguments import SEED_RANGE, check_new_file, float_in, int_in
 from .baselines import get_baselines
-from .cli import SEED_RANGE, float_in, int_in
 from .degradations import BENCHMARK_DEGRADATIONS, get_degradation
 from .loading import load_pipeline, resolve_device, resolve_model
 from .metrics import psnr, ssim_y
@@ -417,18 +417,6 @@ def write_json(results: BenchmarkResults, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("x") as file:
         file.write(json.dumps(results.to_json(), indent=2) + "\n")
-
-
-def check_new_file(path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` unless :func:`write_json` can create it: nothing is there yet
-    (not a file, a folder or a link) and its nearest existing ancestor is a folder."""
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; give the path of a new file")
-    if path.exists() or path.is_symlink():
-        raise ValueError(f"{path} exists; give the path of a new file (an existing one is never overwritten)")
-    ancestor = next(p for p in path.parents if p.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"{path} cannot be created: {ancestor} is a file, not a folder")
 
 
 def build_parser() -> argparse.ArgumentParser:

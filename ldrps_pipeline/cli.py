@@ -3,16 +3,15 @@
 Each input is restored into OUTPUT_DIR under its own name (as PNG). The command never writes
 over an input, refuses two inputs that would land on the same output name, and does not
 replace an existing output unless ``--overwrite`` is given. Bad options are refused before the
-model loads. The argparse number types here are shared with ``ldrps-benchmark``.
+model loads.
 """
 
 import argparse
 import contextlib
 import logging
-import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.utils
@@ -21,48 +20,9 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from .arguments import SEED_RANGE, float_in, int_in
 from .loading import DTYPE_CHOICES, load_pipeline, resolve_device, resolve_dtype, resolve_model
 from .scheduling_ldrps import PRESETS
-
-SEED_RANGE = (-(2**63), 2**64 - 1)
-"""The seeds ``torch.Generator.manual_seed`` accepts."""
-
-
-def int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[minimum, maximum]`` (no upper bound for ``None``)."""
-    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-def float_in(minimum: float, maximum: float | None = None, *, above_minimum: bool = False) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number from ``minimum`` (excluded if ``above_minimum``) to ``maximum``
-    (no upper bound for ``None``)."""
-    if maximum is None:
-        expected = f"a finite number {'>' if above_minimum else '>='} {minimum:g}"
-    else:
-        expected = f"a finite number in {'(' if above_minimum else '['}{minimum:g}, {maximum:g}]"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
-        too_low = value <= minimum if above_minimum else value < minimum
-        if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

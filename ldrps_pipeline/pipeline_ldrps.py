@@ -283,7 +283,10 @@ class LDRPSPipeline(DiffusionPipeline):
         compilation, and the decoder compiles once more when its backward first runs below the guidance
         gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
         anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
-        relational of symbolic sizes) once a second shape made them dynamic. The attention processors stay
+        relational of symbolic sizes) once a second shape made them dynamic. After dynamo's
+        ``torch._dynamo.config.recompile_limit`` versions of one function (8 by default; each size,
+        batch, grad mode and autocast state is one) further shapes run eagerly, with a warning: raise
+        that limit when restoring images of many sizes. The attention processors stay
         as they are (SDPA by default, which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
         (``"reduce-overhead"``) are not advised: the online training of the alignment state between
         the calls defeats them.

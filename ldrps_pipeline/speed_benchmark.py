@@ -60,6 +60,7 @@ Example (a CPU check with tiny models; on a GPU leave out ``--tiny``)::
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -79,6 +80,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
+from .arguments import check_new_file
 from .byte_tokenizer import byte_level_clip_tokenizer
 from .loading import DTYPE_CHOICES, resolve_dtype
 from .perceptual_ldrps import PerceptualFeatures
@@ -89,6 +91,9 @@ PROMPT = "a photo of a landscape"
 """The prompt of every restoration (no captioner: its cost is once per image and outside the loop)."""
 
 GIB = 2**30
+
+RECOMPILE_LIMIT = 64
+"""dynamo's limit of compiled versions per function during the compiled rows (its default is 8)."""
 
 OPTIONAL_ROWS = (
     "reference-ieee",
@@ -386,13 +391,15 @@ class StepClock:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Seconds per unguided and guided step (means, and the raw times), peak device memory, output finiteness."""
+    """Seconds per unguided and guided step (means, and the raw times), peak device memory (allocated, and
+    reserved by the caching allocator), output finiteness."""
 
     unguided_step: float
     guided_step: float
     unguided_times: list[float]
     guided_times: list[float]
     peak_gib: float | None
+    peak_reserved_gib: float | None
     finite: bool
 
 
@@ -513,7 +520,10 @@ def measure(
         callback_on_step_end=clock,
         **call_kwargs,
     ).images
-    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
+    # What the caching allocator held at most: the allocations plus its fragmentation.
+    peak_reserved = torch.cuda.max_memory_reserved(device) / GIB if cuda else None
     unguided_times, guided_times = clock.times[False], clock.times[True]
     if len(guided_times) < guided or len(unguided_times) < unguided:
         raise RuntimeError(f"timed {len(unguided_times)} unguided and {len(guided_times)} guided steps only")
@@ -523,6 +533,7 @@ def measure(
         unguided_times=unguided_times,
         guided_times=guided_times,
         peak_gib=peak,
+        peak_reserved_gib=peak_reserved,
         finite=bool(torch.isfinite(restored).all()),
     )
 
@@ -761,12 +772,30 @@ def environment(device: torch.device, commit: str | None) -> dict[str, Any]:
     }
 
 
+def xformers_build() -> dict[str, Any]:
+    """xformers' version, and why its own compiled extension did not load (``None`` when it did): without
+    it, its attention runs on PyTorch's kernels (the ``cutlassF-pt`` / ``cutlassB-pt`` operators)."""
+    import xformers
+    from xformers import _cpp_lib
+
+    error = getattr(_cpp_lib, "_cpp_library_load_exception", None)
+    return {"version": xformers.__version__, "extension_error": None if error is None else repr(error)}
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build the components, measure every configuration and run the checks; returns the JSON-ready results."""
+def run(
+    args: argparse.Namespace,
+    log: Callable[[str], None] = print,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Build the components, measure every configuration and run the checks; returns the JSON-ready results.
+
+    ``save`` gets the results so far (``"complete": False``) after every row, so that a run cut short by
+    its device lease still leaves every finished row behind, and the final results at the end.
+    """
     start = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     spec = TINY if args.tiny else SD21_BASE
@@ -792,6 +821,43 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     image = smooth_image(image_size, args.seed)
     posterior = pipe.posterior_scheduler
     rows: list[Row] = []
+    checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
+    phases_ms: dict[str, dict[str, float]] = {}
+    if xformers:
+        checks["xformers"] = xformers_build()
+
+    def results(complete: bool) -> dict[str, Any]:
+        """The JSON-ready results so far."""
+        baseline = rows[0].seconds_per_image if rows else None
+        return {
+            "complete": complete,
+            "environment": {**env, "seconds": round(time.perf_counter() - start, 1)},
+            "settings": {
+                "tiny": args.tiny,
+                "half_dtype": _dtype_name(half),
+                "steps_measured": {"guided": args.steps_measured, "unguided": unguided_measured},
+                "warmup": args.warmup,
+                "image_size": image_size,
+                "large_image_size": large_size,
+                "prompt": PROMPT,
+                "guidance_scale": 8.0,
+                "compile": args.compile,
+                "recompile_limit": RECOMPILE_LIMIT if args.compile else None,
+                "skipped": list(args.skip),
+            },
+            "rows": [
+                {
+                    **asdict(row),
+                    "seconds_per_image": row.seconds_per_image,
+                    "speedup": baseline / row.seconds_per_image,
+                    "tflop_per_image": row.tflop_per_image,
+                    "tflops": row.tflops,
+                }
+                for row in rows
+            ],
+            "checks": checks,
+            "guided_step_phases_ms": phases_ms,
+        }
 
     def measured_row(
         name: str,
@@ -830,7 +896,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             vae_tiling=vae_tiling,
         )
         m = measurement
-        peak = f", peak {m.peak_gib:.2f} GiB" if m.peak_gib is not None else ""
+        peak = f", peak {m.peak_gib:.2f} GiB ({m.peak_reserved_gib:.2f} reserved)" if m.peak_gib is not None else ""
         log(
             f"{name}: {m.guided_step:.4f} s/guided step, {m.unguided_step:.4f} s/unguided step{peak}; "
             f"{row.seconds_per_image:.1f} s/image extrapolated from {args.steps_measured} guided + "
@@ -838,6 +904,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             f"{work.unguided_tflop:.2f} TFLOP/unguided step, {row.tflops:.1f} TFLOP/s; output finite: {m.finite}"
         )
         rows.append(row)
+        if save is not None:
+            save(results(complete=False))
         return row
 
     # float32 first: the reference pattern, and the comparison runs that need float32 weights.
@@ -858,7 +926,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 PAPER_SCHEDULE,
                 unet_batch_size=2,
             )
-    checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
     reference_image = restore(reference, image, args.check_steps, args.seed, unet_batch_size=2)
     default_image = restore(pipe, image, args.check_steps, args.seed)
     checks["default_float32_vs_reference"] = difference(default_image, reference_image)
@@ -877,7 +944,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     checks[f"paper_{_dtype_name(half)}_vs_guidance_off"] = difference(
         paper_image, restore(unguided, image, args.check_steps, args.seed)
     )
-    phases_ms: dict[str, dict[str, float]] = {}
 
     def time_phases(name: str) -> None:
         breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
@@ -925,21 +991,31 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
     large = f"paper@{large_size}"
     if "paper@large" not in args.skip:
+        out_of_memory = False
         try:
             measured_row(large, "paper's settings on a large input", pipe, PAPER_SCHEDULE, large_size)
         except torch.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:
+            # Outside the except block: the failed run's tensors (held by its traceback) are freed by then.
             log(f"{large} ran out of device memory: retrying with the tiled VAE decoder")
+            gc.collect()
             torch.cuda.empty_cache()
             pipe.vae.enable_tiling()
-            measured_row(
-                large,
-                "paper's settings on a large input, tiled VAE decoder",
-                pipe,
-                PAPER_SCHEDULE,
-                large_size,
-                vae_tiling=True,
-            )
-            pipe.vae.disable_tiling()
+            try:
+                measured_row(
+                    large,
+                    "paper's settings on a large input, tiled VAE decoder",
+                    pipe,
+                    PAPER_SCHEDULE,
+                    large_size,
+                    vae_tiling=True,
+                )
+            except torch.OutOfMemoryError as error:
+                checks["large_input_error"] = repr(error)
+                log(f"{large} ran out of device memory with the tiled decoder too: {error!r}")
+            finally:
+                pipe.vae.disable_tiling()
 
     rows.append(
         Row(
@@ -968,7 +1044,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     if args.compile:
         # Last, because compiling is in place: the first warm-up steps pay for the compilation.
         # With cuDNN autotuning: the compiled graphs call cuDNN for the convolutions.
-        with cudnn_autotuning():
+        # Every image size, batch, grad mode and autocast state is its own graph (static shapes): more than
+        # dynamo's default of 8 per function for the perceptual features over paper and fast together.
+        with cudnn_autotuning(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             # The guided sample's decoder gradient at this image size, eager then compiled: the direct check
             # that the compiled backward is right (inductor 2.13 on the CPU returned zeros for a bf16 decoder).
             latent_shape = (1, pipe.vae.config.latent_channels, *pipe.latent_grid(image_size, image_size))
@@ -989,39 +1067,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
             time_phases("paper+compile")
             measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
+            checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
     checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
         bool(torch.isfinite(x).all()) for x in outputs
     )
-    env["seconds"] = round(time.perf_counter() - start, 1)
-    baseline = rows[0].seconds_per_image
-    return {
-        "environment": env,
-        "settings": {
-            "tiny": args.tiny,
-            "half_dtype": _dtype_name(half),
-            "steps_measured": {"guided": args.steps_measured, "unguided": unguided_measured},
-            "warmup": args.warmup,
-            "image_size": image_size,
-            "large_image_size": large_size,
-            "prompt": PROMPT,
-            "guidance_scale": 8.0,
-            "compile": args.compile,
-            "skipped": list(args.skip),
-        },
-        "rows": [
-            {
-                **asdict(row),
-                "seconds_per_image": row.seconds_per_image,
-                "speedup": baseline / row.seconds_per_image,
-                "tflop_per_image": row.tflop_per_image,
-                "tflops": row.tflops,
-            }
-            for row in rows
-        ],
-        "checks": checks,
-        "guided_step_phases_ms": phases_ms,
-    }
+    final = results(complete=True)
+    if save is not None:
+        save(final)
+    return final
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -1132,12 +1186,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("steps_measured", "warmup", "check_steps", "breakdown_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    results = run(args)
-    print(format_table(results), flush=True)
     path = args.json or (Path(os.environ["OUT"]) / "speed.json" if os.environ.get("OUT") else None)
+    save = None
     if path is not None:
+        try:
+            check_new_file(path)
+        except ValueError as error:
+            parser.error(f"argument --json: {error}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
+
+        def save(results: dict[str, Any]) -> None:
+            # This run's own file, rewritten after every row.
+            path.write_text(json.dumps(results, indent=2) + "\n")
+
+    results = run(args, save=save)
+    print(format_table(results), flush=True)
+    if path is not None:
         print(f"wrote {path}", flush=True)
     return 0 if results["checks"]["all_outputs_finite"] else 1
 

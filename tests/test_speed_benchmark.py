@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ldrps_pipeline import LDRPSPipeline
+from ldrps_pipeline import LDRPSPipeline, speed_benchmark
 from ldrps_pipeline.speed_benchmark import (
     FAST_SCHEDULE,
     OPTIONAL_ROWS,
@@ -51,18 +51,30 @@ def run(tmp_path_factory):
     def compile_with_eager(pipe, **options):
         compile_with_inductor(pipe, **{**options, "backend": "eager"})
 
+    # What the JSON file held after each save.
+    snapshots = []
+    run_benchmark = speed_benchmark.run
+
+    def run_recording_saves(args, log=print, save=None):
+        def recording_save(results):
+            save(results)
+            snapshots.append(json.loads(path.read_text()))
+
+        return run_benchmark(args, log, recording_save)
+
     torch._dynamo.reset()  # compiled code is cached per code object, across tests: start empty
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
             patch.setattr(LDRPSPipeline, "enable_torch_compile", compile_with_eager)
+            patch.setattr(speed_benchmark, "run", run_recording_saves)
             status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--json", str(path)])
     finally:
         torch._dynamo.reset()
-    return status, output.getvalue(), json.loads(path.read_text())
+    return status, output.getvalue(), json.loads(path.read_text()), snapshots
 
 
 def test_runs_every_configuration_and_prints_the_table(run):
-    status, log, results = run
+    status, log, results, _ = run
     assert status == 0
     assert [row["name"] for row in results["rows"]] == CONFIGS
     table = [line for line in log.splitlines() if line.startswith("| ")]
@@ -79,7 +91,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
 
 
 def test_phase_breakdown_covers_the_guided_step(run):
-    _, _, results = run
+    _, _, results, _ = run
     assert set(results["guided_step_phases_ms"]) == {"paper", "paper+compile"}
     phases = results["guided_step_phases_ms"]["paper"]
     assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
@@ -90,14 +102,51 @@ def test_phase_breakdown_covers_the_guided_step(run):
 
 
 def test_bare_calls_time_the_unet_and_decoder_outside_the_pipeline(run):
-    _, log, results = run
+    _, log, results, _ = run
     bare = results["checks"]["bare_calls_ms"]
     assert set(bare) == {"unet", "decoder"} and all(value > 0 for value in bare.values())
     assert "called directly, outside the pipeline (ms): UNet" in log
 
 
+def test_results_are_saved_after_every_measured_row(run):
+    _, _, results, snapshots = run
+    measured = [row["name"] for row in results["rows"] if row["measured"]]
+    # A run cut short by its lease leaves every finished row in the JSON file.
+    assert [snapshot["complete"] for snapshot in snapshots] == [False] * len(measured) + [True]
+    assert [snapshot["rows"][-1]["name"] for snapshot in snapshots[:-1]] == measured
+    assert snapshots[-1] == results and results["settings"]["recompile_limit"] == speed_benchmark.RECOMPILE_LIMIT
+
+
+def test_an_existing_json_file_is_never_overwritten(tmp_path, capsys):
+    path = tmp_path / "speed.json"
+    path.write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--json", str(path)])
+    assert "exists" in capsys.readouterr().err and path.read_text() == "mine"
+
+
+def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monkeypatch):
+    measure = speed_benchmark.measure
+    tiling = []
+
+    def measure_or_run_out_of_memory(pipe, image, **kwargs):
+        tiling.append(pipe.vae.use_tiling)
+        if image.shape[-1] == 64 and not pipe.vae.use_tiling:
+            raise torch.OutOfMemoryError("simulated")
+        return measure(pipe, image, **kwargs)
+
+    monkeypatch.setattr(speed_benchmark, "measure", measure_or_run_out_of_memory)
+    skip = [row for row in OPTIONAL_ROWS if row != "paper@large"]
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        assert main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *skip]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    assert rows["paper@64"]["vae_tiling"] and "paper@64 (tiled VAE)" in output.getvalue()
+    # Tiling was on for the retry only, and off again for the rows after it.
+    assert tiling.count(True) == 1 and not tiling[-1]
+
+
 def test_json_numbers_are_finite_and_positive(run):
-    _, _, results = run
+    _, _, results, _ = run
     for row in results["rows"]:
         m = row["measurement"]
         assert len(m["guided_times"]) == 2 and len(m["unguided_times"]) == 1
@@ -130,7 +179,7 @@ def test_json_numbers_are_finite_and_positive(run):
 
 
 def test_checks_are_reported(run):
-    _, _, results = run
+    _, _, results, _ = run
     checks = results["checks"]
     assert checks["all_outputs_finite"] is True
     # The reference pattern computes the same restoration; bf16 weights move it a little (measured 0.011 max).
