@@ -5,6 +5,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from command_line import forbid
+from command_line import refused as refused_by_argparse
 
 from ldrps_pipeline import benchmark
 from ldrps_pipeline.benchmark import (
@@ -160,20 +162,12 @@ def test_command_line(tmp_path, capsys):
 
 @pytest.fixture
 def never_runs(monkeypatch):
-    """Fail the test if ldrps-benchmark gets as far as running (loading the model)."""
-
-    def run(*args, **kwargs):
-        pytest.fail("the benchmark ran before the bad input was refused")
-
-    monkeypatch.setattr(benchmark, "run_benchmark", run)
+    forbid(monkeypatch, benchmark, "run_benchmark", "the benchmark ran")
 
 
 def refused(capsys, argv):
     """The error message of an ``ldrps-benchmark`` call that argparse refuses (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark.main([*map(str, argv)])
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    return refused_by_argparse(benchmark.main, capsys, argv)
 
 
 def test_command_line_refuses_a_json_path_it_cannot_create_before_running(tmp_path, capsys, never_runs):

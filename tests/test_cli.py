@@ -9,6 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from command_line import forbid
+from command_line import refused as refused_by_argparse
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
@@ -36,20 +38,12 @@ def restore(model, *args):
 
 @pytest.fixture
 def never_loads(monkeypatch):
-    """Fail the test if ldrps-restore gets as far as loading the model."""
-
-    def load(*args, **kwargs):
-        pytest.fail("the model was loaded before the bad input was refused")
-
-    monkeypatch.setattr(cli, "load_pipeline", load)
+    forbid(monkeypatch, cli, "load_pipeline", "the model was loaded")
 
 
 def refused(capsys, argv):
     """The error message of an ``ldrps-restore`` call that argparse refuses (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([*map(str, argv)])
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    return refused_by_argparse(cli.main, capsys, argv)
 
 
 def test_restores_each_input_under_its_name(model, tmp_path):

@@ -10,7 +10,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging
 
 from ldrps_pipeline import pipeline_ldrps
-from tiny_components import tiny_image, tiny_pipeline
+from tiny_components import record_unet_batches, tiny_image, tiny_pipeline
 
 
 def restore(pipe, image, **kwargs):
@@ -137,14 +137,7 @@ def test_torch_compile_does_not_recompile_for_new_timesteps_or_fresh_alignment_n
 def test_equal_prompt_and_negative_prompt_run_one_cfg_branch(monkeypatch):
     image = tiny_image(16, 16, seed=1)
     pipe = tiny_pipeline()
-    rows = []
-    forward = pipe.unet.forward
-
-    def counting_forward(sample, *args, **kwargs):
-        rows.append(sample.shape[0])
-        return forward(sample, *args, **kwargs)
-
-    monkeypatch.setattr(pipe.unet, "forward", counting_forward)
+    rows = record_unet_batches(pipe, monkeypatch)
     same = restore(pipe, image, negative_prompt="a photo")
     # 2 samples, the CFG pair collapsed: uncond + s * (cond - uncond) = cond when both embeddings are equal.
     assert set(rows) == {2}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ldrps_pipeline import LDRPSPipeline, LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
-from tiny_components import tiny_captioner, tiny_components, tiny_image, tiny_pipeline
+from tiny_components import record_unet_batches, tiny_captioner, tiny_components, tiny_image, tiny_pipeline
 
 STEPS = 8  # pass 0: 8 steps; each recurrence (strength 0.5): 4 steps
 
@@ -341,18 +341,11 @@ def test_a_scheduler_assigned_later_becomes_ddim(caplog):
     assert torch.equal(run(pipe, tiny_image(16, 16)).images, expected)
 
 
-def test_diffusers_cfg_cutoff_callback_switches_cfg_off():
+def test_diffusers_cfg_cutoff_callback_switches_cfg_off(monkeypatch):
     from diffusers.callbacks import SDCFGCutoffCallback
 
     pipe = tiny_pipeline()
-    batches = []
-    unet_forward = pipe.unet.forward
-
-    def recording_forward(sample, *args, **kwargs):
-        batches.append(sample.shape[0])
-        return unet_forward(sample, *args, **kwargs)
-
-    pipe.unet.forward = recording_forward
+    batches = record_unet_batches(pipe, monkeypatch)
     out = run(
         pipe,
         tiny_image(16, 16),

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from command_line import refused
 
 from ldrps_pipeline import LDRPSPipeline, speed_benchmark
 from ldrps_pipeline.speed_benchmark import (
@@ -120,9 +121,7 @@ def test_results_are_saved_after_every_measured_row(run):
 def test_an_existing_json_file_is_never_overwritten(tmp_path, capsys):
     path = tmp_path / "speed.json"
     path.write_text("mine")
-    with pytest.raises(SystemExit):
-        main(["--tiny", "--json", str(path)])
-    assert "exists" in capsys.readouterr().err and path.read_text() == "mine"
+    assert "exists" in refused(main, capsys, ["--tiny", "--json", path]) and path.read_text() == "mine"
 
 
 def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Tiny pipeline components built from configs, offline (no weights, no downloads), for the tests."""
+"""Tiny pipeline components built from configs, offline (no weights, no downloads), for the tests; and a
+recorder of the UNet batch sizes a pipeline runs."""
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -121,3 +122,16 @@ def tiny_captioner(directory: str, word: str = "cat") -> tuple:
         image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer
     )
     return model, processor
+
+
+def record_unet_batches(pipe: LDRPSPipeline, monkeypatch) -> list[int]:
+    """The batch size of every UNet call ``pipe`` makes from now on (the list fills as it runs)."""
+    batches = []
+    forward = pipe.unet.forward
+
+    def recording_forward(sample, *args, **kwargs):
+        batches.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", recording_forward)
+    return batches
