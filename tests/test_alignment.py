@@ -31,10 +31,14 @@ def test_reset_is_seeded_kaiming_with_zero_bias():
     conv = a.body[2]  # conv3x3 64->128
     expected_std = torch.nn.init.calculate_gain("leaky_relu", 0.2) / (64 * 9) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
-    assert torch.all(conv.bias == 0) and torch.all(a.residual_scale == 1)
+    assert torch.all(conv.bias == 0)
+    with torch.no_grad():
+        a.residual_scale.zero_()
+    a.reset_parameters(torch.Generator().manual_seed(3))
+    assert torch.all(a.residual_scale == 1)
 
 
-def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1), compute_dtype=torch.float32):
+def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1), compute_dtype=torch.float32, **options):
     return AlignmentTrainer(
         AlignmentModule(hidden_channels=(8, 8, 8)),
         seed=seed,
@@ -43,6 +47,7 @@ def make_trainer(seed=0, adversarial=True, loss_weights=(1.0, 0.0, 0.1), compute
         g_discriminator_lr=1e-3 if adversarial else None,
         loss_weights=loss_weights,
         compute_dtype=compute_dtype,
+        **options,
     )
 
 
@@ -69,10 +74,35 @@ def test_guidance_path_gives_no_parameter_gradients():
     y = torch.rand(1, 3, 16, 16)
     aligned = trainer.align(x)
     adversarial = trainer.residual_adversarial_term(x, aligned, y)
-    (grad,) = torch.autograd.grad(((aligned - y) ** 2).mean() + adversarial, x)
-    assert grad.abs().sum() > 0
-    # The D_g step used its own backward; the guidance path put no gradient on f.
+    d_g_grads = [p.grad.clone() for p in trainer.g_discriminator.parameters()]  # from D_g's own Adam step
+    # backward(), which fills .grad of every leaf the loss depends on: only x may get one.
+    (((aligned - y) ** 2).mean() + adversarial).backward()
+    assert x.grad.abs().sum() > 0
     assert all(p.grad is None for p in trainer.aligner.parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(trainer.g_discriminator.parameters(), d_g_grads, strict=True))
+
+
+def test_residual_adversarial_term_needs_the_residual_discriminator():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="without the residual discriminator"):
+        make_trainer(adversarial=False).residual_adversarial_term(x, x, x)
+
+
+@pytest.mark.parametrize(("cap_perceptual", "factor"), [(False, 1.0), (True, 0.2)])
+def test_perceptual_term_above_the_cap_is_scaled_while_guidance_is_on(cap_perceptual, factor):
+    g = torch.Generator().manual_seed(4)
+    estimates, degraded = torch.rand(2, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    distance = 5.0  # a constant perceptual distance, w_pse * 5 = 5 above the cap of 1
+
+    def perceptual(a, b):
+        return torch.full((), distance) + 0 * a.sum()
+
+    trainer = make_trainer(
+        loss_weights=(0.0, 1.0, 0.0), perceptual=perceptual, perceptual_cap=1.0, perceptual_cap_factor=0.2
+    )
+    assert trainer.train_step(estimates, degraded, cap_perceptual=cap_perceptual).item() == pytest.approx(
+        factor * distance
+    )
 
 
 def test_bfloat16_autocast_trains_like_float32_with_float32_state():

@@ -266,6 +266,10 @@ def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_se
         ({"output_type": "jpeg"}, "output_type"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"strength": True}, "strength"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"negative_prompt": ["", ""]}, "negative_prompt has 2 entries"),
+        ({"negative_prompt": 3}, "negative_prompt must be a string"),
+        ({"generator": [torch.Generator(), torch.Generator()]}, "generator"),
         ({"callback_on_step_end_tensor_inputs": "latents"}, "list of names"),
     ],
 )
@@ -286,6 +290,8 @@ def test_bad_arguments_raise_clear_errors(pipe, kwargs, message):
         (torch.rand(3, 8, 8) * 2 - 1, r"\[0, 1\]"),
         ([tiny_image(8, 8)[0], tiny_image(8, 9)[0]], "same size"),
         ("image.png", "PIL image"),
+        (torch.zeros(3, 8, 8, dtype=torch.int32), "uint8 or floating-point"),
+        ([], "empty list"),
         (torch.zeros(3, 0, 8), "empty"),
         (torch.zeros(0, 3, 8, 8), "empty"),
         (np.zeros((0, 0, 3), dtype=np.uint8), "empty"),
@@ -367,3 +373,18 @@ def test_guidance_off_trains_no_alignment_state(monkeypatch):
     image = pipe(tiny_image(16, 16), prompt="", num_inference_steps=10, output_type="pt").images
     # Without guidance f is never used, so it is not trained; the prior's sample is still made.
     assert calls == [] and torch.isfinite(image).all()
+
+
+@torch.no_grad()
+def test_decode_applies_the_vae_scaling_and_shift_factors():
+    from diffusers import AutoencoderKL
+
+    components = tiny_components()
+    vae = AutoencoderKL.from_config(components["vae"].config, shift_factor=0.1)
+    vae.load_state_dict(components["vae"].state_dict())
+    assert vae.config.shift_factor == 0.1
+    pipe = LDRPSPipeline(**{**components, "vae": vae})
+    latents = torch.randn(1, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    side = 4 * pipe.vae_scale_factor
+    expected = (vae.decode(latents / vae.config.scaling_factor + 0.1).sample + 1) / 2
+    assert torch.allclose(pipe.decode(latents, side, side - 3), expected[..., : side - 3], atol=1e-6)

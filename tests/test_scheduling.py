@@ -101,6 +101,39 @@ def test_step_is_ddim_with_clipped_x0():
     assert torch.allclose(x0, percentile_clip(unclipped), atol=1e-6)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_step_is_ddim_for_every_prediction_type(prediction_type):
+    ddim = DDIMScheduler(**{**STABLE_DIFFUSION_DDIM_CONFIG, "prediction_type": prediction_type})
+    scheduler = RecurrentPosteriorScheduler()
+    scheduler.set_timesteps(10, ddim)
+    g = torch.Generator().manual_seed(1)
+    sample, output = 0.2 * torch.randn(2, 4, 8, 8, generator=g), 0.1 * torch.randn(2, 4, 8, 8, generator=g)
+    for t in (scheduler.passes[0][0], scheduler.passes[0][5]):
+        prev, x0 = scheduler.step(output, t, sample, ddim)
+        reference = ddim.step(output, t, sample, eta=0.0)
+        assert torch.allclose(x0, percentile_clip(reference.pred_original_sample), atol=1e-6)
+        if torch.equal(x0, reference.pred_original_sample):  # nothing clipped: DDIM's step exactly
+            assert torch.allclose(prev, reference.prev_sample, atol=1e-6)
+
+
+def test_unknown_prediction_type_is_refused():
+    ddim = DDIMScheduler(**STABLE_DIFFUSION_DDIM_CONFIG)
+    ddim.register_to_config(prediction_type="flow")
+    scheduler = RecurrentPosteriorScheduler()
+    scheduler.set_timesteps(10, ddim)
+    with pytest.raises(ValueError, match="unsupported prediction_type 'flow'"):
+        scheduler.step(torch.zeros(1, 4, 8, 8), scheduler.passes[0][0], torch.zeros(1, 4, 8, 8), ddim)
+
+
+def test_renoise_is_the_img2img_forward_process():
+    ddim = sd_ddim()
+    g = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    alpha = ddim.alphas_cumprod[449]
+    expected = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+    assert torch.allclose(RecurrentPosteriorScheduler().renoise(latents, noise, 449, ddim), expected, atol=1e-6)
+
+
 def test_save_and_load_config(tmp_path):
     scheduler = RecurrentPosteriorScheduler.from_preset("denoise", num_samples=3)
     scheduler.save_pretrained(tmp_path)

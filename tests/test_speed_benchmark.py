@@ -97,9 +97,8 @@ def test_phase_breakdown_covers_the_guided_step(run):
     phases = results["guided_step_phases_ms"]["paper"]
     assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
     assert all(value >= 0 for value in phases.values())
-    assert phases["unet"] > 0 and phases["decode"] > 0 and phases["align_train"] > 0
-    parts = sum(value for phase, value in phases.items() if phase != "total")
-    assert parts == pytest.approx(phases["total"], rel=0.05)
+    # guidance_backward is what posterior_gradient spends beyond its timed parts: the backward is real work.
+    assert all(phases[phase] > 0 for phase in ("unet", "decode", "align_train", "guidance_loss", "guidance_backward"))
 
 
 def test_bare_calls_time_the_unet_and_decoder_outside_the_pipeline(run):
