@@ -1,11 +1,18 @@
-"""Checks of command-line arguments, shared by the package's commands (``ldrps-restore``,
-``ldrps-benchmark``, ``ldrps-speed-benchmark``): argparse number types with ranges, and the check that
-an output file is new."""
+"""What the package's commands (``ldrps-restore``, ``ldrps-benchmark``, ``ldrps-speed-benchmark``) share:
+argparse number types with ranges, the check that an output file is new, and ``--quiet``'s silencing of
+the libraries."""
 
 import argparse
+import contextlib
+import logging
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import huggingface_hub.utils
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """The seeds ``torch.Generator.manual_seed`` accepts."""
@@ -58,3 +65,36 @@ def check_new_file(path: Path) -> None:
     ancestor = next(p for p in path.parents if p.exists())
     if not ancestor.is_dir():
         raise ValueError(f"{path} cannot be created: {ancestor} is a file, not a folder")
+
+
+@contextlib.contextmanager
+def silenced_libraries() -> Iterator[None]:
+    """Inside the block, no progress bars or warnings from diffusers, transformers, huggingface_hub
+    (downloads) or this package: errors only. Their settings are restored on exit."""
+    package_logger = logging.getLogger(__name__.split(".")[0])
+    saved_levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity(), package_logger.level)
+    saved_bars = (
+        diffusers_logging.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+    )
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    package_logger.setLevel(logging.ERROR)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(saved_levels[0])
+        transformers_logging.set_verbosity(saved_levels[1])
+        package_logger.setLevel(saved_levels[2])
+        if saved_bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if saved_bars[1]:
+            transformers_logging.enable_progress_bar()
+        if not saved_bars[2]:
+            huggingface_hub.utils.enable_progress_bars()

@@ -39,7 +39,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always installed with diffusers
 
-from .arguments import SEED_RANGE, check_new_file, float_in, int_in
+from .arguments import SEED_RANGE, check_new_file, float_in, int_in, silenced_libraries
 from .baselines import get_baselines
 from .degradations import BENCHMARK_DEGRADATIONS, get_degradation
 from .loading import load_pipeline, resolve_device, resolve_model
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, default=None, metavar="OUT.json", help="write every value to this new file"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no library warnings")
     return parser
 
 
@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             posterior_scale=args.posterior_scale,
             device=args.device,
         )
-        results = run_benchmark(config, progress=not args.quiet)
+        with silenced_libraries() if args.quiet else nullcontext():
+            results = run_benchmark(config, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as error:
         print(f"ldrps-benchmark: error: {error}", file=sys.stderr)
         return 2

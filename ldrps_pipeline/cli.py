@@ -8,19 +8,13 @@ model loads.
 
 import argparse
 import contextlib
-import logging
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub.utils
 import PIL.Image
 import torch
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
 
-from .arguments import SEED_RANGE, float_in, int_in
+from .arguments import SEED_RANGE, float_in, int_in, silenced_libraries
 from .loading import DTYPE_CHOICES, load_pipeline, resolve_device, resolve_dtype, resolve_model
 from .scheduling_ldrps import PRESETS
 
@@ -89,39 +83,6 @@ def plan_outputs(inputs: list[Path], output_dir: Path, overwrite: bool) -> list[
         if target.exists() and not overwrite:
             raise ValueError(f"{target} exists; pass --overwrite to replace it")
     return outputs
-
-
-@contextlib.contextmanager
-def silenced_libraries() -> Iterator[None]:
-    """Inside the block, no progress bars or warnings from diffusers, transformers, huggingface_hub
-    (downloads) or this package: errors only. Their settings are restored on exit."""
-    package_logger = logging.getLogger(__name__.split(".")[0])
-    saved_levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity(), package_logger.level)
-    saved_bars = (
-        diffusers_logging.is_progress_bar_enabled(),
-        transformers_logging.is_progress_bar_enabled(),
-        huggingface_hub.utils.are_progress_bars_disabled(),
-    )
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    package_logger.setLevel(logging.ERROR)
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(saved_levels[0])
-        transformers_logging.set_verbosity(saved_levels[1])
-        package_logger.setLevel(saved_levels[2])
-        if saved_bars[0]:
-            diffusers_logging.enable_progress_bar()
-        if saved_bars[1]:
-            transformers_logging.enable_progress_bar()
-        if not saved_bars[2]:
-            huggingface_hub.utils.enable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,8 +151,11 @@ def test_command_line(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--model", str(model), "--degradations", "sr_x4", "--photos", "chelsea", "--size", "16"]
     argv += ["--steps", "2", "--recurrences", "0", "--json", str(out), "--quiet"]
+    capsys.readouterr()  # save_pretrained's own bars
     assert benchmark.main(argv) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
+    assert captured.err == ""  # --quiet: no loading bars, no progress bar
     assert "| sr_x4 | bicubic |" in table and "| sr_x4 | ldrps-guidance-off |" in table
     data = json.loads(out.read_text())
     assert {r["crop"] for r in data["records"]} == {"chelsea/0"} and data["config"]["model"] == str(model)

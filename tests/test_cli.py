@@ -15,6 +15,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from ldrps_pipeline import LDRPSPipeline, cli
+from ldrps_pipeline.arguments import silenced_libraries
 from ldrps_pipeline.loading import resolve_device, resolve_dtype
 from tiny_components import tiny_pipeline
 
@@ -190,7 +191,7 @@ def library_output_settings():
 
 def test_silenced_libraries_restores_their_settings(model, tmp_path):
     before = library_output_settings()
-    with cli.silenced_libraries():
+    with silenced_libraries():
         assert library_output_settings() == (logging.ERROR, False, logging.ERROR, False, True, logging.ERROR)
         assert not logging.getLogger("ldrps_pipeline.pipeline_ldrps").isEnabledFor(logging.WARNING)
     assert library_output_settings() == before
