@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with silenced_libraries() if args.quiet else nullcontext():
             results = run_benchmark(config, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"ldrps-benchmark: error: {error}", file=sys.stderr)
         return 2
     print(format_table(results))

@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldrps-restore: error: {error}", file=sys.stderr)
         return 2
     with silenced_libraries() if args.quiet else contextlib.nullcontext():
-        pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
+        try:
+            pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
+        except OSError as error:
+            print(f"ldrps-restore: error: {error}", file=sys.stderr)
+            return 2
         pipe.set_progress_bar_config(disable=args.quiet)
         if args.compile:
             pipe.enable_torch_compile()

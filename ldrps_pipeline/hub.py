@@ -12,6 +12,7 @@ component's folder, and (4) rewrites ``model_index.json`` to the remote-code for
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(Path(args.output_dir))
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         parser.error(str(error))
-    folder = export_for_hub(load_pipeline(args.source), args.output_dir)
+    try:
+        pipeline = load_pipeline(args.source)
+    except OSError as error:
+        print(f"ldrps-export-hub: error: {error}", file=sys.stderr)
+        return 2
+    folder = export_for_hub(pipeline, args.output_dir)
     print(f"exported to {folder}")
     return 0

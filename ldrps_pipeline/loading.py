@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .alignment_ldrps import AlignmentModule
@@ -48,7 +48,12 @@ def resolve_model(model: str) -> str:
 
 def _model_index(model: str) -> dict:
     local = Path(model) / "model_index.json"
-    path = local if local.is_file() else Path(hf_hub_download(model, "model_index.json"))
+    if local.is_file():
+        return json.loads(local.read_text())
+    try:
+        path = Path(hf_hub_download(model, "model_index.json"))
+    except (OSError, EntryNotFoundError) as error:  # no connection, no such repo, no access, no model_index.json
+        raise OSError(f"cannot load {model!r} from the Hugging Face Hub: {error}") from error
     return json.loads(path.read_text())
 
 
@@ -107,6 +112,8 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPip
 
     Raises:
         ValueError: for a ``model`` that :func:`resolve_model` rejects, before anything is loaded.
+        OSError: naming ``model``, when it is a Hub id that cannot be loaded (no connection, no such
+            repository, no access).
     """
     model = resolve_model(model)
     class_name = _model_index(model)["_class_name"]

@@ -146,6 +146,23 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
     assert names == ["user/repo"]
 
 
+def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from ldrps_pipeline import loading
+
+    def offline_download(repo_id, filename):
+        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the local cache")
+
+    monkeypatch.setattr(loading, "hf_hub_download", offline_download)  # what an offline machine gets
+    monkeypatch.chdir(tmp_path)
+    a = write_image(tmp_path / "a.png")
+    assert cli.main([str(a), "-o", "out", "--model", "user/repo", "--quiet"]) == 2
+    message = capsys.readouterr().err
+    assert "cannot load 'user/repo' from the Hugging Face Hub" in message and "Traceback" not in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_an_unknown_or_unavailable_device_before_loading(model, tmp_path, capsys, monkeypatch, never_loads):
     argv = [write_image(tmp_path / "a.png"), "-o", tmp_path / "out", "--model", model, "--device"]
     assert "device 'nonsense' is not a torch device" in refused(capsys, [*argv, "nonsense"])
