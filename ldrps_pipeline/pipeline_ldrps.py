@@ -485,17 +485,18 @@ class LDRPSPipeline(DiffusionPipeline):
         batch_size, _, height, width = degraded.shape
         guided = posterior.guidance_enabled(timestep)
         latents = pred_original_sample.unflatten(0, (batch_size, num_samples))
+        # One decode per sample index, each over all images: every decode of every step has the same shape,
+        # so a compiled decoder builds one graph per grad mode, not one per batch size.
         if guided:
             # x = x0(z0_hat) with a graph for the guided sample only; the others without.
             z0 = latents[:, 0].detach().contiguous().requires_grad_(True)
             with torch.enable_grad():
                 estimate = self.decode(z0, height, width)
-            estimates = estimate.detach()[:, None]
-            if num_samples > 1:
-                auxiliary = self.decode(latents[:, 1:].flatten(0, 1), height, width)
-                estimates = torch.cat([estimates, auxiliary.unflatten(0, (batch_size, num_samples - 1))], dim=1)
+            decoded = [estimate.detach()]
         else:
-            estimates = self.decode(pred_original_sample, height, width).unflatten(0, (batch_size, num_samples))
+            decoded = [self.decode(latents[:, 0], height, width)]
+        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, num_samples)]
+        estimates = torch.stack(decoded, dim=1)
         for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
             trainer.train_step(image_estimates, y, cap_perceptual=guided)
         if not guided:

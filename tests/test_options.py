@@ -134,6 +134,24 @@ def test_torch_compile_does_not_recompile_for_new_timesteps_or_fresh_alignment_n
     assert len(graphs) == compiled
 
 
+def test_every_decode_of_a_restoration_has_one_row_per_image(monkeypatch):
+    # One decoder shape for the whole restoration (the guided and unguided steps, both samples): a compiled
+    # decoder builds a graph per grad mode only, not one per batch size as well.
+    pipe = tiny_pipeline()
+    rows = []
+    decode = pipe.decode
+
+    def recording_decode(latents, *args):
+        rows.append(latents.shape[0])
+        return decode(latents, *args)
+
+    monkeypatch.setattr(pipe, "decode", recording_decode)
+    restore(pipe, torch.cat([tiny_image(16, 16, seed=1), tiny_image(16, 16, seed=2)]), recurrences=0)
+    guided = sum(pipe.posterior_scheduler.guidance_enabled(t) for t in pipe.posterior_scheduler.passes[0])
+    assert guided and set(rows) == {2}
+    assert len(rows) == 2 * 10 + 1  # two samples at every step, then the result
+
+
 def test_equal_prompt_and_negative_prompt_run_one_cfg_branch(monkeypatch):
     image = tiny_image(16, 16, seed=1)
     pipe = tiny_pipeline()
