@@ -133,25 +133,25 @@ def test_missing_scikit_image_is_named(monkeypatch, photo):
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "name"),
     [
-        partial(nl_means, sigma=-1.0),
-        partial(tv_chambolle, sigma=-5.0),
-        partial(gamma_correction, gamma=0.0),
-        partial(median_filter, size=4),
-        partial(bicubic_upsample, factor=0),
-        partial(richardson_lucy_oracle, kernel=torch.ones(4, 4) / 16),
-        partial(richardson_lucy_oracle, kernel=torch.ones(3, 3) / 9, num_iter=0),
+        (partial(nl_means, sigma=-1.0), "sigma"),
+        (partial(tv_chambolle, sigma=-5.0), "sigma"),
+        (partial(gamma_correction, gamma=0.0), "gamma"),
+        (partial(median_filter, size=4), "size"),
+        (partial(bicubic_upsample, factor=0), "factor"),
+        (partial(richardson_lucy_oracle, kernel=torch.ones(4, 4) / 16), "kernel"),
+        (partial(richardson_lucy_oracle, kernel=torch.ones(3, 3) / 9, num_iter=0), "num_iter"),
     ],
 )
-def test_bad_parameters_raise_value_error(photo, call):
-    with pytest.raises(ValueError):
+def test_bad_parameters_raise_value_error_naming_them(photo, call, name):
+    with pytest.raises(ValueError, match=name):
         call(photo)
 
 
 @pytest.mark.parametrize("baseline", [identity, median_filter, gamma_correction])
 def test_bad_images_raise_value_error(baseline):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
         baseline(torch.rand(1, 4, 16, 16))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shape"):
         baseline(torch.rand(16, 16))

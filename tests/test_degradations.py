@@ -217,18 +217,18 @@ def test_degradations_are_immutable():
 
 
 @pytest.mark.parametrize(
-    "image",
+    ("image", "message"),
     [
-        torch.rand(3, 8),
-        torch.rand(1, 1, 3, 8, 8),
-        torch.rand(1, 1, 8, 8),
-        torch.rand(4, 8, 8),
-        2 * torch.ones(3, 8, 8),
+        (torch.rand(3, 8), "shape"),
+        (torch.rand(1, 1, 3, 8, 8), "shape"),
+        (torch.rand(1, 1, 8, 8), "3 \\(RGB\\) channels"),
+        (torch.rand(4, 8, 8), "3 \\(RGB\\) channels"),
+        (2 * torch.ones(3, 8, 8), "values in \\[0, 1\\]"),
     ],
     ids=["rank-2", "rank-5", "one-channel", "four-channels", "above-one"],
 )
-def test_bad_images_raise_value_error(image):
-    with pytest.raises(ValueError):
+def test_bad_images_raise_value_error(image, message):
+    with pytest.raises(ValueError, match=message):
         GaussianNoise()(image)
 
 
@@ -242,31 +242,31 @@ def test_bad_types_raise_type_error():
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "name"),
     [
-        lambda: GaussianNoise(sigma=-1.0),
-        lambda: LowLight(read_noise=-1.0),
-        lambda: LowLight(shot_noise=-1.0),
-        lambda: LowLight(exposure=0.0),
-        lambda: LowLight(exposure=1.5),
-        lambda: Haze(transmission=(0.0, 0.5)),
-        lambda: Haze(transmission=(0.8, 0.3)),
-        lambda: Haze(atmospheric_light=(1.0, 0.5)),
-        lambda: Haze(grid_size=1),
-        lambda: GaussianBlur(sigma=0.0),
-        lambda: GaussianBlur(sigma=-2.0),
-        lambda: GaussianBlur(kernel_size=4),
-        lambda: BicubicDownsample(factor=0),
-        lambda: RainStreaks(densities=(0.01,), lengths=(5, 9)),
-        lambda: RainStreaks(angle_jitter=-1.0),
-        lambda: RainStreaks(intensity=1.5),
-        lambda: RainStreaks(blend="multiply"),
-        lambda: Compose([]),
-        lambda: get_degradation("snow"),
+        (lambda: GaussianNoise(sigma=-1.0), "sigma"),
+        (lambda: LowLight(read_noise=-1.0), "read_noise"),
+        (lambda: LowLight(shot_noise=-1.0), "shot_noise"),
+        (lambda: LowLight(exposure=0.0), "exposure"),
+        (lambda: LowLight(exposure=1.5), "exposure"),
+        (lambda: Haze(transmission=(0.0, 0.5)), "transmission"),
+        (lambda: Haze(transmission=(0.8, 0.3)), "transmission"),
+        (lambda: Haze(atmospheric_light=(1.0, 0.5)), "atmospheric_light"),
+        (lambda: Haze(grid_size=1), "grid_size"),
+        (lambda: GaussianBlur(sigma=0.0), "sigma"),
+        (lambda: GaussianBlur(sigma=-2.0), "sigma"),
+        (lambda: GaussianBlur(kernel_size=4), "kernel_size"),
+        (lambda: BicubicDownsample(factor=0), "factor"),
+        (lambda: RainStreaks(densities=(0.01,), lengths=(5, 9)), "densities and lengths"),
+        (lambda: RainStreaks(angle_jitter=-1.0), "angle_jitter"),
+        (lambda: RainStreaks(intensity=1.5), "intensity"),
+        (lambda: RainStreaks(blend="multiply"), "blend"),
+        (lambda: Compose([]), "at least one degradation"),
+        (lambda: get_degradation("snow"), "unknown degradation 'snow'"),
     ],
 )
-def test_bad_parameters_raise_value_error(make):
-    with pytest.raises(ValueError):
+def test_bad_parameters_raise_value_error_naming_them(make, name):
+    with pytest.raises(ValueError, match=name):
         make()
 
 
