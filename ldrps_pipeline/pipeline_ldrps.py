@@ -12,7 +12,6 @@ finds them all when this file is used as ``custom_pipeline`` or from a Hub expor
 """
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -34,7 +33,7 @@ from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .captioning_ldrps import caption_images
 from .guidance_ldrps import posterior_loss
 from .perceptual_ldrps import PerceptualFeatures
-from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler
+from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler, is_finite_number, is_integer_at_least
 
 logger = logging.get_logger(__name__)
 
@@ -54,16 +53,6 @@ class LDRPSPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     prompts: list[str]
-
-
-def _is_int_at_least(value: Any, minimum: int) -> bool:
-    """An integer (Python or numpy, not a bool) of at least ``minimum``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_) and value >= minimum
-
-
-def _is_real(value: Any) -> bool:
-    """A finite real number (Python or numpy, not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_) and math.isfinite(value)
 
 
 def as_ddim_scheduler(scheduler: SchedulerMixin | None) -> DDIMScheduler | None:
@@ -334,17 +323,17 @@ class LDRPSPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         """Raise a ``ValueError`` that names the problem for any invalid argument."""
-        if num_inference_steps is not None and not _is_int_at_least(num_inference_steps, 1):
+        if num_inference_steps is not None and not is_integer_at_least(num_inference_steps, 1):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if recurrences is not None and not _is_int_at_least(recurrences, 0):
+        if recurrences is not None and not is_integer_at_least(recurrences, 0):
             raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
-        if strength is not None and not (_is_real(strength) and 0 < strength <= 1):
+        if strength is not None and not (is_finite_number(strength, positive=True) and strength <= 1):
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if not _is_real(guidance_scale) or guidance_scale < 0:
+        if not is_finite_number(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        if unet_batch_size is not None and not _is_int_at_least(unet_batch_size, 1):
+        if unet_batch_size is not None and not is_integer_at_least(unet_batch_size, 1):
             raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

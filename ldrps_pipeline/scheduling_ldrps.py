@@ -120,11 +120,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 REFERENCE_SEEDS = {"lowlight": 20, "dehaze": 10, "denoise": 20}
 
 
-def _integer(value: Any, minimum: int) -> bool:
+def is_integer_at_least(value: Any, minimum: int) -> bool:
+    """An integer (Python or numpy, not a bool) of at least ``minimum``."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
-def _number(value: Any, minimum: float = 0.0, positive: bool = False) -> bool:
+def is_finite_number(value: Any, minimum: float = 0.0, positive: bool = False) -> bool:
+    """A finite real number (Python or numpy, not a bool) of at least ``minimum`` (above it if ``positive``)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         return False
     return value > minimum if positive else value >= minimum
@@ -134,21 +136,24 @@ def check_config(config: Any) -> None:
     """Raise a ``ValueError`` naming the first field of a :class:`RecurrentPosteriorScheduler` config that is
     out of range (a bad value would otherwise fail, or silently do nothing, deep inside a restoration)."""
     rules = {
-        "num_inference_steps": ("an integer >= 1", lambda v: _integer(v, 1)),
-        "recurrences": ("an integer >= 0", lambda v: _integer(v, 0)),
-        "strength": ("in (0, 1]", lambda v: _number(v, positive=True) and v <= 1),
-        "num_samples": ("an integer >= 1", lambda v: _integer(v, 1)),
-        "guidance_start": ("an integer >= 0", lambda v: _integer(v, 0)),
-        "reference_pixels": ("an integer >= 1", lambda v: _integer(v, 1)),
-        "exposure_color_start": ("an integer >= 0", lambda v: _integer(v, 0)),
-        "exposure_patch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
+        "num_inference_steps": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
+        "recurrences": ("an integer >= 0", lambda v: is_integer_at_least(v, 0)),
+        "strength": ("in (0, 1]", lambda v: is_finite_number(v, positive=True) and v <= 1),
+        "num_samples": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
+        "guidance_start": ("an integer >= 0", lambda v: is_integer_at_least(v, 0)),
+        "reference_pixels": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
+        "exposure_color_start": ("an integer >= 0", lambda v: is_integer_at_least(v, 0)),
+        "exposure_patch_size": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
         "aligner_loss_weights": (
             "three finite numbers >= 0",
-            lambda v: isinstance(v, list | tuple) and len(v) == 3 and all(_number(w) for w in v),
+            lambda v: isinstance(v, list | tuple) and len(v) == 3 and all(is_finite_number(w) for w in v),
         ),
-        "clip_quantile": ("in (0, 1]", lambda v: _number(v, positive=True) and v <= 1),
-        "clip_min": ("a finite number > 0", lambda v: _number(v, positive=True)),
-        "clip_max": (f"a finite number >= clip_min ({config.clip_min})", lambda v: _number(v, config.clip_min)),
+        "clip_quantile": ("in (0, 1]", lambda v: is_finite_number(v, positive=True) and v <= 1),
+        "clip_min": ("a finite number > 0", lambda v: is_finite_number(v, positive=True)),
+        "clip_max": (
+            f"a finite number >= clip_min ({config.clip_min})",
+            lambda v: is_finite_number(v, config.clip_min),
+        ),
         "use_caption": ("True or False", lambda v: isinstance(v, bool)),
     }
     for name in (
@@ -161,9 +166,9 @@ def check_config(config: Any) -> None:
         "aligner_perceptual_cap",
         "aligner_perceptual_cap_factor",
     ):
-        rules[name] = ("a finite number >= 0", _number)
+        rules[name] = ("a finite number >= 0", is_finite_number)
     for name in ("f_discriminator_lr_residual", "f_discriminator_lr_plain", "g_discriminator_lr"):
-        rules[name] = ("a finite number > 0", lambda v: _number(v, positive=True))
+        rules[name] = ("a finite number > 0", lambda v: is_finite_number(v, positive=True))
     for name, (requirement, valid) in rules.items():
         value = getattr(config, name)
         if not valid(value):

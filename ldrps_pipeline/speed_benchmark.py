@@ -809,10 +809,12 @@ def run(
     )
     pipe = build_pipeline(spec, device, args.seed)
     half = resolve_dtype(args.dtype, device)
+    checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
     xformers = device.type == "cuda" and is_xformers_available()
     if xformers:
         # Every row but paper+xformers keeps diffusers' default attention, SDPA.
         pipe.disable_xformers_memory_efficient_attention()
+        checks["xformers"] = xformers_build()
     log(
         f"{'tiny' if args.tiny else 'SD 2.1-base'} components, random weights: UNet "
         f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M parameters; images {image_size} and "
@@ -821,10 +823,7 @@ def run(
     image = smooth_image(image_size, args.seed)
     posterior = pipe.posterior_scheduler
     rows: list[Row] = []
-    checks: dict[str, Any] = {"steps": args.check_steps, "seed": args.seed}
     phases_ms: dict[str, dict[str, float]] = {}
-    if xformers:
-        checks["xformers"] = xformers_build()
 
     def results(complete: bool) -> dict[str, Any]:
         """The JSON-ready results so far."""
