@@ -47,6 +47,11 @@ with ``paper``, and reports their differences: the reference pattern computes th
 With ``--compile`` it also compares the compiled run with ``paper``, and the compiled VAE decoder's
 gradient at the image's latent size with eager's (cosine and norm ratio).
 
+``paper`` (and ``paper+compile``) also get their guided step timed phase by phase, and profiled with
+``torch.profiler``: the kernels' time per step on the card, against the step's measured time, tells a
+step bound by the card from one bound by the host's launching of kernels, and the costliest kernels are
+listed. ``paper``'s UNet and decoder are also timed called directly, outside the pipeline.
+
 Every row also gets the operations of its steps, counted once in a separate short run with
 ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and attention, forward and
 backward), and from them the operations per image and the achieved TFLOP/s: how far a configuration
@@ -628,6 +633,103 @@ def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, gu
     return timer.guided_step_means(skip=warmup)
 
 
+class ProfiledWindow:
+    """A ``callback_on_step_end`` that runs ``profiler`` over ``guided`` guided steps after the first ``warmup``
+    guided steps, with the device synchronised at both ends, and then interrupts the run."""
+
+    def __init__(
+        self,
+        profiler: torch.profiler.profile,
+        device: torch.device,
+        posterior: RecurrentPosteriorScheduler,
+        *,
+        warmup: int,
+        guided: int,
+    ) -> None:
+        if warmup < 1 or guided < 1:
+            raise ValueError(f"warmup and guided must be at least 1, got {warmup} and {guided}")
+        self.profiler = profiler
+        self.device = device
+        self.posterior = posterior
+        self.start_after = warmup
+        self.stop_after = warmup + guided
+        self.guided_seen = 0
+        self.active = False
+
+    def __call__(self, pipe: LDRPSPipeline, step_index: int, timestep: int, callback_kwargs: dict) -> dict:
+        if self.posterior.guidance_enabled(int(timestep)):
+            self.guided_seen += 1
+            if self.guided_seen == self.start_after:
+                synchronize(self.device)
+                self.profiler.start()
+                self.active = True
+            elif self.guided_seen == self.stop_after:
+                self.stop()
+                pipe._interrupt = True
+        return {}
+
+    def stop(self) -> None:
+        """Stop the profiler if it runs (also when the run failed inside the window)."""
+        if self.active:
+            synchronize(self.device)
+            self.profiler.stop()
+            self.active = False
+
+
+def profile_guided_steps(
+    pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int, top: int = 12
+) -> dict[str, Any]:
+    """Where a guided step's time goes on the device, from ``torch.profiler`` over ``guided`` guided steps.
+
+    On CUDA it adds up the kernels (and copies) that ran on the card; on the CPU the operators' own CPU
+    time. ``op_ms_per_step`` set against the step's measured (unprofiled) time tells a device-bound step
+    (close to it: only fewer or faster kernels help) from one bound by the host's launching of them
+    (well below it: CUDA graphs, ``torch.compile`` or fewer launches help). ``top`` lists the ``top``
+    costliest kernels or operators with their milliseconds and calls per step.
+    """
+    device = pipe._execution_device
+    cuda = device.type == "cuda"
+    activity = torch.profiler.ProfilerActivity
+    activities = [activity.CPU, activity.CUDA] if cuda else [activity.CPU]
+    wanted = activity.CUDA if cuda else activity.CPU
+    profiler = torch.profiler.profile(activities=activities)
+    posterior = pipe.posterior_scheduler
+    window = ProfiledWindow(profiler, device, posterior, warmup=warmup, guided=guided)
+    try:
+        pipe(
+            image,
+            prompt=PROMPT,
+            num_inference_steps=measurement_steps(pipe, posterior, 1, warmup + guided),
+            recurrences=0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            callback_on_step_end=window,
+        )
+    finally:
+        window.stop()
+    if window.guided_seen < window.stop_after:
+        raise RuntimeError(f"the profiled run had {window.guided_seen} guided steps, not {window.stop_after}")
+    device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    by_name: dict[str, list[float]] = {}
+    for event in profiler.events():
+        if event.device_type != device_type or event.is_user_annotation or event.is_async:
+            continue
+        micros = event.device_time_total if cuda else event.self_cpu_time_total
+        totals = by_name.setdefault(event.name, [0.0, 0])
+        totals[0] += micros
+        totals[1] += 1
+    ranked = sorted(by_name.items(), key=lambda item: item[1][0], reverse=True)
+    return {
+        "measured": "device kernels" if wanted == activity.CUDA else "CPU operators (self time)",
+        "steps": guided,
+        "op_ms_per_step": round(sum(micros for micros, _ in by_name.values()) / 1000 / guided, 2),
+        "top": [
+            {"name": name[:160], "ms_per_step": round(micros / 1000 / guided, 3), "calls_per_step": calls / guided}
+            for name, (micros, calls) in ranked[:top]
+        ],
+    }
+
+
 def bare_calls(pipe: LDRPSPipeline, image_size: int, repeats: int) -> dict[str, float]:
     """Mean milliseconds of the two biggest calls of a guided step made directly, outside the pipeline.
 
@@ -824,6 +926,7 @@ def run(
     posterior = pipe.posterior_scheduler
     rows: list[Row] = []
     phases_ms: dict[str, dict[str, float]] = {}
+    profiles: dict[str, dict[str, Any]] = {}
 
     def results(complete: bool) -> dict[str, Any]:
         """The JSON-ready results so far."""
@@ -856,6 +959,7 @@ def run(
             ],
             "checks": checks,
             "guided_step_phases_ms": phases_ms,
+            "guided_step_profiles": profiles,
         }
 
     def measured_row(
@@ -944,12 +1048,26 @@ def run(
         paper_image, restore(unguided, image, args.check_steps, args.seed)
     )
 
-    def time_phases(name: str) -> None:
+    def time_phases(row: Row) -> None:
+        """The phase breakdown and the profile of ``row``'s guided step (``pipe`` in ``row``'s configuration)."""
         breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
-        phases_ms[name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
-        log(f"{name}, one guided step by phase (ms, synchronised around each): {phases_ms[name]}")
+        phases_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
+        log(f"{row.name}, one guided step by phase (ms, synchronised around each): {phases_ms[row.name]}")
+        try:
+            profile = profile_guided_steps(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
+        except Exception as error:  # the profile only informs: a profiler the card's setup lacks must not end the run
+            checks[f"{row.name}_profile_error"] = repr(error)
+            log(f"{row.name}: the profiler failed: {error!r}")
+            return
+        profile["measured_step_ms"] = round(1000 * row.measurement.guided_step, 2)
+        profiles[row.name] = profile
+        log(
+            f"{row.name}, one guided step profiled: {profile['measured']} {profile['op_ms_per_step']} ms of "
+            f"{profile['measured_step_ms']} ms measured; costliest: "
+            + ", ".join(f"{entry['name'][:60]} {entry['ms_per_step']} ms" for entry in profile["top"][:5])
+        )
 
-    time_phases("paper")
+    time_phases(paper)
     checks["bare_calls_ms"] = bare_calls(pipe, image_size, args.breakdown_steps)
     log(f"paper's UNet and decoder called directly (ms): {checks['bare_calls_ms']}")
 
@@ -1063,8 +1181,8 @@ def run(
             log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
             outputs.append(compiled_image)
             described = f"torch.compile(mode={args.compile!r}) and cudnn.benchmark"
-            measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
-            time_phases("paper+compile")
+            compiled = measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
+            time_phases(compiled)
             measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
             checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
@@ -1120,6 +1238,12 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"  {name}'s guided step by phase (ms, device synchronised around each): "
             + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
+        )
+    for name, profile in results["guided_step_profiles"].items():
+        costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])
+        lines.append(
+            f"  {name}'s guided step profiled: {profile['measured']} {profile['op_ms_per_step']:g} ms of "
+            f"{profile['measured_step_ms']:g} ms measured; costliest (ms): {costliest}"
         )
     if "bare_calls_ms" in checks:
         bare = checks["bare_calls_ms"]

@@ -20,6 +20,7 @@ from ldrps_pipeline.speed_benchmark import (
     ieee_float32,
     main,
     measurement_steps,
+    profile_guided_steps,
     step_counts,
     variant,
 )
@@ -99,6 +100,30 @@ def test_phase_breakdown_covers_the_guided_step(run):
     assert all(value >= 0 for value in phases.values())
     # guidance_backward is what posterior_gradient spends beyond its timed parts: the backward is real work.
     assert all(phases[phase] > 0 for phase in ("unet", "decode", "align_train", "guidance_loss", "guidance_backward"))
+
+
+def test_profiles_of_the_guided_step_are_reported(run):
+    _, log, results, _ = run
+    profiles = results["guided_step_profiles"]
+    assert set(profiles) == {"paper", "paper+compile"}
+    for name, profile in profiles.items():
+        assert profile["measured"] == "CPU operators (self time)" and profile["steps"] == 6
+        assert profile["measured_step_ms"] == pytest.approx(
+            1000 * next(row for row in results["rows"] if row["name"] == name)["measurement"]["guided_step"], abs=0.01
+        )
+        times = [entry["ms_per_step"] for entry in profile["top"]]
+        assert 0 < len(times) <= 12 and times == sorted(times, reverse=True)
+        assert 0 < sum(times) <= profile["op_ms_per_step"] + 0.01
+        assert f"{name}'s guided step profiled: CPU operators (self time)" in log
+
+
+def test_profile_covers_exactly_the_guided_steps_asked_for():
+    pipe = tiny_pipeline()
+    profile = profile_guided_steps(pipe, tiny_image(), warmup=1, guided=3, seed=0, top=1000)
+    calls = {entry["name"]: entry["calls_per_step"] for entry in profile["top"]}
+    # One x0 clip (the posterior scheduler's quantile) per step: the window is exactly the 3 guided steps.
+    assert calls["aten::quantile"] == 1.0
+    assert profile["op_ms_per_step"] > 0 and profile["steps"] == 3
 
 
 def test_bare_calls_time_the_unet_and_decoder_outside_the_pipeline(run):
