@@ -50,7 +50,9 @@ gradient at the image's latent size with eager's (cosine and norm ratio).
 ``paper`` (and ``paper+compile``) also get their guided step timed phase by phase, and profiled with
 ``torch.profiler``: the kernels' time per step on the card, against the step's measured time, tells a
 step bound by the card from one bound by the host's launching of kernels, and the costliest kernels are
-listed. ``paper``'s UNet and decoder are also timed called directly, outside the pipeline.
+listed; a run of the same steps back to back, synchronised only before and after them, gives the pace
+of a real restoration, which does not wait for the card at every step end as the rows' timing does.
+``paper``'s UNet and decoder are also timed called directly, outside the pipeline.
 
 Every row also gets the operations of its steps, counted once in a separate short run with
 ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and attention, forward and
@@ -633,47 +635,84 @@ def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, gu
     return timer.guided_step_means(skip=warmup)
 
 
-class ProfiledWindow:
-    """A ``callback_on_step_end`` that runs ``profiler`` over ``guided`` guided steps after the first ``warmup``
-    guided steps, with the device synchronised at both ends, and then interrupts the run."""
+class GuidedWindow:
+    """A ``callback_on_step_end`` that opens a window after the first ``warmup`` guided steps and closes it
+    ``guided`` guided steps later, then interrupts the run.
+
+    The device is synchronised only at the window's two ends, so the steps inside run as in a real
+    restoration, the host queueing work ahead of the card. ``seconds`` is the window's duration;
+    ``profiler``, when given, runs inside the window.
+    """
 
     def __init__(
         self,
-        profiler: torch.profiler.profile,
         device: torch.device,
         posterior: RecurrentPosteriorScheduler,
         *,
         warmup: int,
         guided: int,
+        profiler: torch.profiler.profile | None = None,
     ) -> None:
         if warmup < 1 or guided < 1:
             raise ValueError(f"warmup and guided must be at least 1, got {warmup} and {guided}")
-        self.profiler = profiler
         self.device = device
         self.posterior = posterior
-        self.start_after = warmup
-        self.stop_after = warmup + guided
+        self.profiler = profiler
+        self.open_after = warmup
+        self.close_after = warmup + guided
         self.guided_seen = 0
-        self.active = False
+        self.opened: float | None = None
+        self.seconds: float | None = None
 
     def __call__(self, pipe: LDRPSPipeline, step_index: int, timestep: int, callback_kwargs: dict) -> dict:
         if self.posterior.guidance_enabled(int(timestep)):
             self.guided_seen += 1
-            if self.guided_seen == self.start_after:
+            if self.guided_seen == self.open_after:
                 synchronize(self.device)
-                self.profiler.start()
-                self.active = True
-            elif self.guided_seen == self.stop_after:
-                self.stop()
+                if self.profiler is not None:
+                    self.profiler.start()
+                self.opened = time.perf_counter()
+            elif self.guided_seen == self.close_after:
+                self.close()
                 pipe._interrupt = True
         return {}
 
-    def stop(self) -> None:
-        """Stop the profiler if it runs (also when the run failed inside the window)."""
-        if self.active:
-            synchronize(self.device)
+    def close(self) -> None:
+        """Close the window if it is open (also when the run failed inside it)."""
+        if self.opened is None or self.seconds is not None:
+            return
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.opened
+        if self.profiler is not None:
             self.profiler.stop()
-            self.active = False
+
+
+def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: GuidedWindow, seed: int) -> float:
+    """Restore ``image`` with ``window`` as the callback until it closes; returns the window's seconds."""
+    posterior = pipe.posterior_scheduler
+    try:
+        pipe(
+            image,
+            prompt=PROMPT,
+            num_inference_steps=measurement_steps(pipe, posterior, 1, window.close_after),
+            recurrences=0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            callback_on_step_end=window,
+        )
+    finally:
+        window.close()
+    if window.guided_seen < window.close_after or window.seconds is None:
+        raise RuntimeError(f"the run had {window.guided_seen} guided steps, not {window.close_after}")
+    return window.seconds
+
+
+def free_running_guided_step(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int) -> float:
+    """Mean seconds of a guided step over ``guided`` steps run back to back, the device synchronised only
+    before and after them: a real restoration's pace (the rows' step times synchronise at every step end,
+    which keeps the host from queueing the next step's work while the card finishes this one)."""
+    window = GuidedWindow(pipe._execution_device, pipe.posterior_scheduler, warmup=warmup, guided=guided)
+    return run_window(pipe, image, window, seed) / guided
 
 
 def profile_guided_steps(
@@ -682,33 +721,21 @@ def profile_guided_steps(
     """Where a guided step's time goes on the device, from ``torch.profiler`` over ``guided`` guided steps.
 
     On CUDA it adds up the kernels (and copies) that ran on the card; on the CPU the operators' own CPU
-    time. ``op_ms_per_step`` set against the step's measured (unprofiled) time tells a device-bound step
-    (close to it: only fewer or faster kernels help) from one bound by the host's launching of them
-    (well below it: CUDA graphs, ``torch.compile`` or fewer launches help). ``top`` lists the ``top``
-    costliest kernels or operators with their milliseconds and calls per step.
+    time. ``op_ms_per_step`` set against the step's unprofiled time tells a device-bound step (close to it:
+    only fewer or faster kernels help) from one bound by the host's launching of them (well below it: CUDA
+    graphs, ``torch.compile`` or fewer launches help). ``top`` lists the ``top`` costliest kernels or
+    operators with their milliseconds and calls per step.
     """
     device = pipe._execution_device
     cuda = device.type == "cuda"
     activity = torch.profiler.ProfilerActivity
-    activities = [activity.CPU, activity.CUDA] if cuda else [activity.CPU]
-    wanted = activity.CUDA if cuda else activity.CPU
-    profiler = torch.profiler.profile(activities=activities)
-    posterior = pipe.posterior_scheduler
-    window = ProfiledWindow(profiler, device, posterior, warmup=warmup, guided=guided)
-    try:
-        pipe(
-            image,
-            prompt=PROMPT,
-            num_inference_steps=measurement_steps(pipe, posterior, 1, warmup + guided),
-            recurrences=0,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="latent",
-            callback_on_step_end=window,
-        )
-    finally:
-        window.stop()
-    if window.guided_seen < window.stop_after:
-        raise RuntimeError(f"the profiled run had {window.guided_seen} guided steps, not {window.stop_after}")
+    profiler = torch.profiler.profile(activities=[activity.CPU, activity.CUDA] if cuda else [activity.CPU])
+    run_window(
+        pipe,
+        image,
+        GuidedWindow(device, pipe.posterior_scheduler, warmup=warmup, guided=guided, profiler=profiler),
+        seed,
+    )
     device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     by_name: dict[str, list[float]] = {}
     for event in profiler.events():
@@ -720,7 +747,7 @@ def profile_guided_steps(
         totals[1] += 1
     ranked = sorted(by_name.items(), key=lambda item: item[1][0], reverse=True)
     return {
-        "measured": "device kernels" if wanted == activity.CUDA else "CPU operators (self time)",
+        "measured": "device kernels" if cuda else "CPU operators (self time)",
         "steps": guided,
         "op_ms_per_step": round(sum(micros for micros, _ in by_name.values()) / 1000 / guided, 2),
         "top": [
@@ -1060,10 +1087,15 @@ def run(
             log(f"{row.name}: the profiler failed: {error!r}")
             return
         profile["measured_step_ms"] = round(1000 * row.measurement.guided_step, 2)
+        free_running = free_running_guided_step(
+            pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed
+        )
+        profile["free_running_step_ms"] = round(1000 * free_running, 2)
         profiles[row.name] = profile
         log(
-            f"{row.name}, one guided step profiled: {profile['measured']} {profile['op_ms_per_step']} ms of "
-            f"{profile['measured_step_ms']} ms measured; costliest: "
+            f"{row.name}, one guided step: {profile['measured_step_ms']} ms timed step by step, "
+            f"{profile['free_running_step_ms']} ms free-running; profiled: {profile['measured']} "
+            f"{profile['op_ms_per_step']} ms; costliest: "
             + ", ".join(f"{entry['name'][:60]} {entry['ms_per_step']} ms" for entry in profile["top"][:5])
         )
 
@@ -1242,8 +1274,9 @@ def format_table(results: dict[str, Any]) -> str:
     for name, profile in results["guided_step_profiles"].items():
         costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])
         lines.append(
-            f"  {name}'s guided step profiled: {profile['measured']} {profile['op_ms_per_step']:g} ms of "
-            f"{profile['measured_step_ms']:g} ms measured; costliest (ms): {costliest}"
+            f"  {name}'s guided step: {profile['measured_step_ms']:g} ms timed step by step, "
+            f"{profile['free_running_step_ms']:g} ms free-running; profiled: {profile['measured']} "
+            f"{profile['op_ms_per_step']:g} ms; costliest (ms): {costliest}"
         )
     if "bare_calls_ms" in checks:
         bare = checks["bare_calls_ms"]

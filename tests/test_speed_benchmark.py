@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from ldrps_pipeline.speed_benchmark import (
     FAST_SCHEDULE,
     OPTIONAL_ROWS,
     PAPER_SCHEDULE,
+    GuidedWindow,
     ReferenceCostPipeline,
     Schedule,
     StepCounts,
@@ -21,6 +23,7 @@ from ldrps_pipeline.speed_benchmark import (
     main,
     measurement_steps,
     profile_guided_steps,
+    run_window,
     step_counts,
     variant,
 )
@@ -111,10 +114,37 @@ def test_profiles_of_the_guided_step_are_reported(run):
         assert profile["measured_step_ms"] == pytest.approx(
             1000 * next(row for row in results["rows"] if row["name"] == name)["measurement"]["guided_step"], abs=0.01
         )
+        assert profile["free_running_step_ms"] > 0
         times = [entry["ms_per_step"] for entry in profile["top"]]
         assert 0 < len(times) <= 12 and times == sorted(times, reverse=True)
         assert 0 < sum(times) <= profile["op_ms_per_step"] + 0.01
-        assert f"{name}'s guided step profiled: CPU operators (self time)" in log
+        assert f"{name}'s guided step: " in log and "free-running; profiled: CPU operators (self time)" in log
+
+
+def test_free_running_window_times_the_guided_steps_asked_for(monkeypatch):
+    pipe = tiny_pipeline()
+    posterior = pipe.posterior_scheduler
+    unet_calls = []
+    timesteps = []
+    original = pipe.predict_noise
+
+    def counted(latents, timestep, *args, **kwargs):
+        unet_calls.append(time.perf_counter())
+        timesteps.append(int(timestep))
+        return original(latents, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "predict_noise", counted)
+    window = GuidedWindow(pipe._execution_device, posterior, warmup=2, guided=3)
+    seconds = run_window(pipe, tiny_image(), window, seed=0)
+    end = time.perf_counter()
+    guided = [t for t in timesteps if posterior.guidance_enabled(t)]
+    # The run stopped at the window's end: 2 warm-up + 3 timed guided steps.
+    assert len(guided) == 5 and window.guided_seen == 5
+    # The window opened after guided step 2 and closed after step 5: it holds steps 3 to 5 whole.
+    calls = unet_calls[-5:]
+    assert calls[4] - calls[2] <= seconds <= end - calls[1]
+    with pytest.raises(ValueError, match="warmup and guided"):
+        GuidedWindow(pipe._execution_device, posterior, warmup=0, guided=3)
 
 
 def test_profile_covers_exactly_the_guided_steps_asked_for():
