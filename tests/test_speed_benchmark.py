@@ -198,6 +198,21 @@ def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monk
     assert tiling.count(True) == 1 and not tiling[-1]
 
 
+def test_a_failing_profiler_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    def no_profiler(*args, **kwargs):
+        raise RuntimeError("simulated: CUPTI unavailable")
+
+    monkeypatch.setattr(speed_benchmark, "profile_guided_steps", no_profiler)
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        status = main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *OPTIONAL_ROWS])
+    results = json.loads((tmp_path / "s.json").read_text())
+    assert status == 0 and results["complete"] and results["rows"][-1]["name"] == "fast"
+    assert "CUPTI unavailable" in results["checks"]["paper_profile_error"]
+    # The free-running step does not need the profiler: it is still reported.
+    assert set(results["guided_step_profiles"]["paper"]) == {"measured_step_ms", "free_running_step_ms"}
+    assert "paper's guided step: " in output.getvalue() and "profiled:" not in output.getvalue().split("| fast |")[-1]
+
+
 def test_json_numbers_are_finite_and_positive(run):
     _, _, results, _ = run
     for row in results["rows"]:
