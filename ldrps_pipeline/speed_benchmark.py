@@ -50,8 +50,9 @@ gradient at the image's latent size with eager's (cosine and norm ratio).
 ``paper`` (and ``paper+compile``) also get their guided step timed phase by phase, and profiled with
 ``torch.profiler``: the kernels' time per step on the card, against the step's measured time, tells a
 step bound by the card from one bound by the host's launching of kernels, and the costliest kernels are
-listed; a run of the same steps back to back, synchronised only before and after them, gives the pace
-of a real restoration, which does not wait for the card at every step end as the rows' timing does.
+listed; runs of guided and of unguided steps back to back, synchronised only before and after them,
+give the pace of a real restoration, which does not wait for the card at every step end as the rows'
+timing does, and its seconds per image.
 ``paper``'s UNet and decoder are also timed called directly, outside the pipeline.
 
 Every row also gets the operations of its steps, counted once in a separate short run with
@@ -635,9 +636,9 @@ def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, gu
     return timer.guided_step_means(skip=warmup)
 
 
-class GuidedWindow:
-    """A ``callback_on_step_end`` that opens a window after the first ``warmup`` guided steps and closes it
-    ``guided`` guided steps later, then interrupts the run.
+class StepWindow:
+    """A ``callback_on_step_end`` that opens a window after the first ``warmup`` steps of one kind (guided or
+    unguided) and closes it ``steps`` steps of that kind later, then interrupts the run.
 
     The device is synchronised only at the window's two ends, so the steps inside run as in a real
     restoration, the host queueing work ahead of the card. ``seconds`` is the window's duration;
@@ -649,30 +650,32 @@ class GuidedWindow:
         device: torch.device,
         posterior: RecurrentPosteriorScheduler,
         *,
+        guided: bool,
         warmup: int,
-        guided: int,
+        steps: int,
         profiler: torch.profiler.profile | None = None,
     ) -> None:
-        if warmup < 1 or guided < 1:
-            raise ValueError(f"warmup and guided must be at least 1, got {warmup} and {guided}")
+        if warmup < 1 or steps < 1:
+            raise ValueError(f"warmup and steps must be at least 1, got {warmup} and {steps}")
         self.device = device
         self.posterior = posterior
+        self.guided = guided
         self.profiler = profiler
         self.open_after = warmup
-        self.close_after = warmup + guided
-        self.guided_seen = 0
+        self.close_after = warmup + steps
+        self.seen = 0
         self.opened: float | None = None
         self.seconds: float | None = None
 
     def __call__(self, pipe: LDRPSPipeline, step_index: int, timestep: int, callback_kwargs: dict) -> dict:
-        if self.posterior.guidance_enabled(int(timestep)):
-            self.guided_seen += 1
-            if self.guided_seen == self.open_after:
+        if self.posterior.guidance_enabled(int(timestep)) == self.guided:
+            self.seen += 1
+            if self.seen == self.open_after:
                 synchronize(self.device)
                 if self.profiler is not None:
                     self.profiler.start()
                 self.opened = time.perf_counter()
-            elif self.guided_seen == self.close_after:
+            elif self.seen == self.close_after:
                 self.close()
                 pipe._interrupt = True
         return {}
@@ -687,14 +690,19 @@ class GuidedWindow:
             self.profiler.stop()
 
 
-def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: GuidedWindow, seed: int) -> float:
+def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, seed: int) -> float:
     """Restore ``image`` with ``window`` as the callback until it closes; returns the window's seconds."""
     posterior = pipe.posterior_scheduler
+    wanted = (
+        {"unguided": 1, "guided": window.close_after}
+        if window.guided
+        else {"unguided": window.close_after, "guided": 1}
+    )
     try:
         pipe(
             image,
             prompt=PROMPT,
-            num_inference_steps=measurement_steps(pipe, posterior, 1, window.close_after),
+            num_inference_steps=measurement_steps(pipe, posterior, **wanted),
             recurrences=0,
             generator=torch.Generator().manual_seed(seed),
             output_type="latent",
@@ -702,17 +710,20 @@ def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: GuidedWindow, s
         )
     finally:
         window.close()
-    if window.guided_seen < window.close_after or window.seconds is None:
-        raise RuntimeError(f"the run had {window.guided_seen} guided steps, not {window.close_after}")
+    if window.seen < window.close_after or window.seconds is None:
+        kind = "guided" if window.guided else "unguided"
+        raise RuntimeError(f"the run had {window.seen} {kind} steps, not {window.close_after}")
     return window.seconds
 
 
-def free_running_guided_step(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int) -> float:
-    """Mean seconds of a guided step over ``guided`` steps run back to back, the device synchronised only
-    before and after them: a real restoration's pace (the rows' step times synchronise at every step end,
-    which keeps the host from queueing the next step's work while the card finishes this one)."""
-    window = GuidedWindow(pipe._execution_device, pipe.posterior_scheduler, warmup=warmup, guided=guided)
-    return run_window(pipe, image, window, seed) / guided
+def free_running_step(
+    pipe: LDRPSPipeline, image: torch.Tensor, *, guided: bool, warmup: int, steps: int, seed: int
+) -> float:
+    """Mean seconds of a guided (or unguided) step over ``steps`` such steps run back to back, the device
+    synchronised only before and after them: a real restoration's pace (the rows' step times synchronise at
+    every step end, which keeps the host from queueing the next step's work while the card finishes this one)."""
+    window = StepWindow(pipe._execution_device, pipe.posterior_scheduler, guided=guided, warmup=warmup, steps=steps)
+    return run_window(pipe, image, window, seed) / steps
 
 
 def profile_guided_steps(
@@ -730,12 +741,8 @@ def profile_guided_steps(
     cuda = device.type == "cuda"
     activity = torch.profiler.ProfilerActivity
     profiler = torch.profiler.profile(activities=[activity.CPU, activity.CUDA] if cuda else [activity.CPU])
-    run_window(
-        pipe,
-        image,
-        GuidedWindow(device, pipe.posterior_scheduler, warmup=warmup, guided=guided, profiler=profiler),
-        seed,
-    )
+    window = StepWindow(device, pipe.posterior_scheduler, guided=True, warmup=warmup, steps=guided, profiler=profiler)
+    run_window(pipe, image, window, seed)
     device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     by_name: dict[str, list[float]] = {}
     for event in profiler.events():
@@ -1080,16 +1087,24 @@ def run(
         breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
         phases_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
         log(f"{row.name}, one guided step by phase (ms, synchronised around each): {phases_ms[row.name]}")
-        free_running = free_running_guided_step(
-            pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed
-        )
+        free_running = {
+            kind: free_running_step(
+                pipe, image, guided=kind == "guided", warmup=args.warmup, steps=args.breakdown_steps, seed=args.seed
+            )
+            for kind in ("unguided", "guided")
+        }
         profile = {
             "measured_step_ms": round(1000 * row.measurement.guided_step, 2),
-            "free_running_step_ms": round(1000 * free_running, 2),
+            "free_running_step_ms": round(1000 * free_running["guided"], 2),
+            "free_running_unguided_step_ms": round(1000 * free_running["unguided"], 2),
+            "free_running_seconds_per_image": round(
+                row.counts.unguided * free_running["unguided"] + row.counts.guided * free_running["guided"], 1
+            ),
         }
         log(
             f"{row.name}, one guided step: {profile['measured_step_ms']} ms timed step by step, "
-            f"{profile['free_running_step_ms']} ms free-running"
+            f"{profile['free_running_step_ms']} ms free-running (unguided {profile['free_running_unguided_step_ms']} "
+            f"ms): {profile['free_running_seconds_per_image']} s/image free-running"
         )
         profiles[row.name] = profile
         try:
@@ -1280,7 +1295,8 @@ def format_table(results: dict[str, Any]) -> str:
     for name, profile in results["guided_step_profiles"].items():
         line = (
             f"  {name}'s guided step: {profile['measured_step_ms']:g} ms timed step by step, "
-            f"{profile['free_running_step_ms']:g} ms free-running"
+            f"{profile['free_running_step_ms']:g} ms free-running (unguided {profile['free_running_unguided_step_ms']:g}"
+            f" ms; {profile['free_running_seconds_per_image']:g} s/image)"
         )
         if "op_ms_per_step" in profile:
             costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])

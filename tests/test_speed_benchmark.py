@@ -15,10 +15,10 @@ from ldrps_pipeline.speed_benchmark import (
     FAST_SCHEDULE,
     OPTIONAL_ROWS,
     PAPER_SCHEDULE,
-    GuidedWindow,
     ReferenceCostPipeline,
     Schedule,
     StepCounts,
+    StepWindow,
     ieee_float32,
     main,
     measurement_steps,
@@ -114,14 +114,24 @@ def test_profiles_of_the_guided_step_are_reported(run):
         assert profile["measured_step_ms"] == pytest.approx(
             1000 * next(row for row in results["rows"] if row["name"] == name)["measurement"]["guided_step"], abs=0.01
         )
-        assert profile["free_running_step_ms"] > 0
+        row = next(row for row in results["rows"] if row["name"] == name)
+        assert profile["free_running_step_ms"] > 0 and profile["free_running_unguided_step_ms"] > 0
+        assert profile["free_running_seconds_per_image"] == pytest.approx(
+            (
+                row["counts"]["unguided"] * profile["free_running_unguided_step_ms"]
+                + row["counts"]["guided"] * profile["free_running_step_ms"]
+            )
+            / 1000,
+            rel=0.01,
+        )
         times = [entry["ms_per_step"] for entry in profile["top"]]
         assert 0 < len(times) <= 12 and times == sorted(times, reverse=True)
         assert 0 < sum(times) <= profile["op_ms_per_step"] + 0.01
-        assert f"{name}'s guided step: " in log and "free-running; profiled: CPU operators (self time)" in log
+        assert f"{name}'s guided step: " in log and "s/image); profiled: CPU operators (self time)" in log
 
 
-def test_free_running_window_times_the_guided_steps_asked_for(monkeypatch):
+@pytest.mark.parametrize("guided", [False, True])
+def test_step_window_times_the_steps_asked_for(monkeypatch, guided):
     pipe = tiny_pipeline()
     posterior = pipe.posterior_scheduler
     unet_calls = []
@@ -134,17 +144,17 @@ def test_free_running_window_times_the_guided_steps_asked_for(monkeypatch):
         return original(latents, timestep, *args, **kwargs)
 
     monkeypatch.setattr(pipe, "predict_noise", counted)
-    window = GuidedWindow(pipe._execution_device, posterior, warmup=2, guided=3)
+    window = StepWindow(pipe._execution_device, posterior, guided=guided, warmup=2, steps=3)
     seconds = run_window(pipe, tiny_image(), window, seed=0)
     end = time.perf_counter()
-    guided = [t for t in timesteps if posterior.guidance_enabled(t)]
-    # The run stopped at the window's end: 2 warm-up + 3 timed guided steps.
-    assert len(guided) == 5 and window.guided_seen == 5
-    # The window opened after guided step 2 and closed after step 5: it holds steps 3 to 5 whole.
-    calls = unet_calls[-5:]
+    kinds = [posterior.guidance_enabled(t) for t in timesteps]
+    # The run stopped at the window's end: 2 warm-up + 3 timed steps of the kind, all of the run's steps of it.
+    assert kinds.count(guided) == 5 and window.seen == 5 and kinds[-1] == guided
+    # The window opened after step 2 of the kind and closed after step 5: it holds steps 3 to 5 whole.
+    calls = [call for call, kind in zip(unet_calls, kinds, strict=True) if kind == guided]
     assert calls[4] - calls[2] <= seconds <= end - calls[1]
-    with pytest.raises(ValueError, match="warmup and guided"):
-        GuidedWindow(pipe._execution_device, posterior, warmup=0, guided=3)
+    with pytest.raises(ValueError, match="warmup and steps"):
+        StepWindow(pipe._execution_device, posterior, guided=guided, warmup=0, steps=3)
 
 
 def test_profile_covers_exactly_the_guided_steps_asked_for():
@@ -209,7 +219,12 @@ def test_a_failing_profiler_is_recorded_and_the_run_goes_on(tmp_path, monkeypatc
     assert status == 0 and results["complete"] and results["rows"][-1]["name"] == "fast"
     assert "CUPTI unavailable" in results["checks"]["paper_profile_error"]
     # The free-running step does not need the profiler: it is still reported.
-    assert set(results["guided_step_profiles"]["paper"]) == {"measured_step_ms", "free_running_step_ms"}
+    assert set(results["guided_step_profiles"]["paper"]) == {
+        "measured_step_ms",
+        "free_running_step_ms",
+        "free_running_unguided_step_ms",
+        "free_running_seconds_per_image",
+    }
     assert "paper's guided step: " in output.getvalue() and "profiled:" not in output.getvalue().split("| fast |")[-1]
 
 
