@@ -11,8 +11,9 @@ so that diffusers' remote-code loader, which copies only a pipeline file's direc
 finds them all when this file is used as ``custom_pipeline`` or from a Hub export.
 """
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -690,7 +691,8 @@ class LDRPSPipeline(DiffusionPipeline):
         embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
         degraded_features = self.perceptual(degraded).float() if self.perceptual is not None else None
         step_index = 0
-        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+        advice = self._out_of_memory_advice(batch_size, height, width, num_samples, unet_batch_size)
+        with advice, self.progress_bar(total=self._num_timesteps) as progress_bar:
             for pass_index, timesteps in enumerate(passes):
                 if self.interrupt:
                     break
@@ -753,6 +755,34 @@ class LDRPSPipeline(DiffusionPipeline):
         if not return_dict:
             return images, prompts
         return LDRPSPipelineOutput(images=images, prompts=prompts)
+
+    @contextlib.contextmanager
+    def _out_of_memory_advice(
+        self, batch_size: int, height: int, width: int, num_samples: int, unet_batch_size: int | None
+    ) -> Iterator[None]:
+        """Re-raise a device out-of-memory error of the sampling loop with the options, not yet in use, that
+        need less memory (the original error is chained, its message kept)."""
+        try:
+            yield
+        except torch.OutOfMemoryError as error:
+            options = []
+            if not getattr(self.vae, "use_tiling", True):
+                options.append("pipe.vae.enable_tiling() (the decoder works in tiles)")
+            if not self.vae.is_gradient_checkpointing:
+                options.append("pipe.vae.enable_gradient_checkpointing() (the guidance backward keeps less)")
+            if self.unet.dtype == torch.float32 and self._execution_device.type == "cuda":
+                options.append("pipe.to(torch.bfloat16) (half the weights and activations)")
+            if unet_batch_size is None or unet_batch_size > 1:
+                options.append("unet_batch_size=1 (one UNet row per call)")
+            if num_samples > 1:
+                options.append('preset="fast" or a posterior scheduler with num_samples=1 (one sample)')
+            if batch_size > 1:
+                options.append("fewer images per call")
+            advice = "; ".join(options) if options else "a smaller image"
+            raise torch.OutOfMemoryError(
+                f"LD-RPS ran out of device memory restoring {batch_size} image(s) of {height}x{width}. "
+                f"What needs less memory: {advice}.\n{error}"
+            ) from error
 
     @staticmethod
     def _cfg_embeddings(

@@ -388,3 +388,31 @@ def test_decode_applies_the_vae_scaling_and_shift_factors():
     side = 4 * pipe.vae_scale_factor
     expected = (vae.decode(latents / vae.config.scaling_factor + 0.1).sample + 1) / 2
     assert torch.allclose(pipe.decode(latents, side, side - 3), expected[..., : side - 3], atol=1e-6)
+
+
+def test_out_of_memory_in_the_loop_names_what_needs_less_memory(monkeypatch):
+    pipe = tiny_pipeline()
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(pipe, "decode", out_of_memory)
+    image = tiny_image()
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        pipe(image, num_inference_steps=4, recurrences=0)
+    message = str(raised.value)
+    assert message.startswith("LD-RPS ran out of device memory restoring 1 image(s) of 16x16.")
+    for option in ("enable_tiling()", "enable_gradient_checkpointing()", "unet_batch_size=1", 'preset="fast"'):
+        assert option in message
+    # The original error is kept: in the message and as the cause.
+    assert "Tried to allocate 2.00 GiB (simulated)" in message
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)
+
+    # Options already in use are not offered again.
+    pipe.vae.enable_tiling()
+    pipe.vae.enable_gradient_checkpointing()
+    one_sample = pipe.posterior_scheduler.with_preset("default", num_samples=1)
+    pipe.posterior_scheduler = one_sample
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        pipe(image, num_inference_steps=4, recurrences=0, unet_batch_size=1)
+    assert "What needs less memory: a smaller image." in str(raised.value)
