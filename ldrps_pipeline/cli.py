@@ -3,7 +3,8 @@
 Each input is restored into OUTPUT_DIR under its own name (as PNG). The command never writes
 over an input, refuses two inputs that would land on the same output name, and does not
 replace an existing output unless ``--overwrite`` is given. Bad options are refused before the
-model loads.
+model loads (exit status 2); running out of device memory stops with a one-line error naming the
+options that need less memory (exit status 1), keeping the images already restored.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import torch
 
 from .arguments import SEED_RANGE, float_in, int_in, silenced_libraries
 from .loading import DTYPE_CHOICES, load_pipeline, resolve_device, resolve_dtype, resolve_model
+from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import PRESETS
 
 
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the models that every step runs (for a GPU and many images: the first image of each "
         "size pays for the compilation)",
     )
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="less device memory, more time: the VAE decoder in tiles and with gradient checkpointing, one UNet row "
+        "per call (for large images on a small card)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     return parser
@@ -85,6 +93,18 @@ def plan_outputs(inputs: list[Path], output_dir: Path, overwrite: bool) -> list[
     return outputs
 
 
+def out_of_memory_advice(args: argparse.Namespace, pipe: LDRPSPipeline, image: PIL.Image.Image) -> str:
+    """What to say when restoring ``image`` ran out of device memory: its size, and the options not yet given
+    that need less memory."""
+    options = [] if args.low_memory else ["--low-memory"]
+    if pipe.unet.dtype == torch.float32 and pipe.device.type == "cuda":
+        options.append("--dtype bfloat16")
+    if args.preset != "fast":
+        options.append("--preset fast (one sample, fewer steps)")
+    advice = ", ".join(options) if options else "a smaller image"
+    return f"out of device memory restoring {image.width}x{image.height} px; what needs less memory: {advice}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-restore``; returns the exit status."""
     parser = build_parser()
@@ -107,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ldrps-restore: error: {error}", file=sys.stderr)
             return 2
         pipe.set_progress_bar_config(disable=args.quiet)
+        if args.low_memory:
+            pipe.vae.enable_tiling()
+            pipe.vae.enable_gradient_checkpointing()
         if args.compile:
             pipe.enable_torch_compile()
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -121,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                     guidance_scale=args.guidance_scale,
                     preset=args.preset,
                     generator=torch.Generator().manual_seed(args.seed),
+                    unet_batch_size=1 if args.low_memory else None,
                 )
             except ValueError as error:
                 print(f"ldrps-restore: error: {source}: {error}", file=sys.stderr)
                 return 2
+            except torch.OutOfMemoryError:
+                print(f"ldrps-restore: error: {source}: {out_of_memory_advice(args, pipe, image)}", file=sys.stderr)
+                return 1
             result.images[0].save(target)
             if not args.quiet:
                 print(f"{source} -> {target}  (prompt: {result.prompts[0]!r})")

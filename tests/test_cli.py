@@ -274,3 +274,39 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device 'cuda:1': this machine has 1 CUDA device\(s\)"):
         resolve_device("cuda:1")
+
+
+def test_low_memory_option_tiles_checkpoints_and_splits_the_unet_batch(model, tmp_path, monkeypatch):
+    calls = []
+    call = LDRPSPipeline.__call__
+
+    def recording_call(pipe, image, **kwargs):
+        calls.append((pipe.vae.use_tiling, pipe.vae.is_gradient_checkpointing, kwargs["unet_batch_size"]))
+        return call(pipe, image, **kwargs)
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", recording_call)
+    a = write_image(tmp_path / "a.png")
+    assert restore(model, a, "-o", tmp_path / "low", "--low-memory") == 0
+    assert restore(model, a, "-o", tmp_path / "default") == 0
+    assert calls == [(True, True, 1), (False, False, None)]
+    assert PIL.Image.open(tmp_path / "low" / "a.png").size == (14, 10)
+
+
+def test_out_of_device_memory_is_a_clear_error_and_keeps_earlier_outputs(model, tmp_path, monkeypatch, capsys):
+    call = LDRPSPipeline.__call__
+
+    def out_of_memory_on_the_second_image(pipe, image, **kwargs):
+        if image.size == (5, 9):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return call(pipe, image, **kwargs)
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", out_of_memory_on_the_second_image)
+    a, b = write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png", 9, 5, seed=1)
+    assert restore(model, a, b, "-o", tmp_path / "out") == 1
+    error = capsys.readouterr().err
+    assert f"ldrps-restore: error: {b}: out of device memory restoring 5x9 px" in error
+    assert "--low-memory" in error and "--preset fast" in error and "Traceback" not in error
+    assert (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "b.png").exists()
+    # Options already given are not offered again.
+    assert restore(model, b, "-o", tmp_path / "again", "--low-memory", "--preset", "fast") == 1
+    assert "what needs less memory: a smaller image" in capsys.readouterr().err
