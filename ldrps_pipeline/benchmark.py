@@ -30,7 +30,6 @@ Example (the demo model on a 2-core CPU)::
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -56,7 +55,7 @@ from .loading import load_pipeline, resolve_device, resolve_model
 from .metrics import psnr, ssim_y
 from .photos import HELDOUT_PHOTOS, heldout_crops
 from .pipeline_ldrps import LDRPSPipeline
-from .scheduling_ldrps import RecurrentPosteriorScheduler
+from .scheduling_ldrps import RecurrentPosteriorScheduler, is_finite_number
 from .speed_benchmark import git_commit
 
 TASK_PRESETS: Mapping[str, str] = MappingProxyType(
@@ -108,7 +107,7 @@ class BenchmarkConfig:
             raise ValueError("crops_per_photo and steps must be >= 1")
         if self.recurrences is not None and self.recurrences < 0:
             raise ValueError(f"recurrences must be >= 0, got {self.recurrences}")
-        if self.posterior_scale is not None and not (math.isfinite(self.posterior_scale) and self.posterior_scale >= 0):
+        if self.posterior_scale is not None and not is_finite_number(self.posterior_scale):
             raise ValueError(f"posterior_scale must be a finite number >= 0, got {self.posterior_scale}")
 
 

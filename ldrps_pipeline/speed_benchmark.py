@@ -90,7 +90,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .arguments import check_new_file
 from .byte_tokenizer import byte_level_clip_tokenizer
-from .loading import DTYPE_CHOICES, resolve_dtype
+from .loading import DTYPE_CHOICES, resolve_device, resolve_dtype
 from .perceptual_ldrps import PerceptualFeatures
 from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import RecurrentPosteriorScheduler
@@ -367,6 +367,19 @@ def measurement_steps(pipe: LDRPSPipeline, posterior: RecurrentPosteriorSchedule
     raise ValueError(f"no schedule has {unguided} unguided and {guided} guided steps")
 
 
+def short_run(pipe: LDRPSPipeline, image: torch.Tensor, steps: int, seed: int, **call_kwargs: Any) -> Any:
+    """``pipe``'s output for ``image`` after one pass of ``steps`` DDIM steps (no recurrence), with the benchmark's
+    prompt and a generator seeded with ``seed``; ``call_kwargs`` go to the call (output type, callback, ...)."""
+    return pipe(
+        image,
+        prompt=PROMPT,
+        num_inference_steps=steps,
+        recurrences=0,
+        generator=torch.Generator().manual_seed(seed),
+        **call_kwargs,
+    )
+
+
 class StepClock:
     """A ``callback_on_step_end`` that times every step and interrupts the run once enough are timed.
 
@@ -449,16 +462,8 @@ def count_step_work(pipe: LDRPSPipeline, image: torch.Tensor, seed: int, **call_
     posterior = pipe.posterior_scheduler
     with FlopCounterMode(display=False) as mode:
         counter = StepFlops(posterior, mode)
-        pipe(
-            image,
-            prompt=PROMPT,
-            num_inference_steps=measurement_steps(pipe, posterior, unguided=2, guided=1),
-            recurrences=0,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="latent",
-            callback_on_step_end=counter,
-            **call_kwargs,
-        )
+        steps = measurement_steps(pipe, posterior, unguided=2, guided=1)
+        short_run(pipe, image, steps, seed, output_type="latent", callback_on_step_end=counter, **call_kwargs)
     if counter.tflop[False] is None or counter.tflop[True] is None:
         raise RuntimeError("the counting run had no unguided or no guided step after its first")
     return StepWork(unguided_tflop=counter.tflop[False], guided_tflop=counter.tflop[True])
@@ -518,16 +523,7 @@ def measure(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    restored = pipe(
-        image,
-        prompt=PROMPT,
-        num_inference_steps=steps,
-        recurrences=0,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
-        callback_on_step_end=clock,
-        **call_kwargs,
-    ).images
+    restored = restore(pipe, image, steps, seed, callback_on_step_end=clock, **call_kwargs)
     cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     # What the caching allocator held at most: the allocations plus its fragmentation.
@@ -699,12 +695,11 @@ def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, see
         else {"unguided": window.close_after, "guided": 1}
     )
     try:
-        pipe(
+        short_run(
+            pipe,
             image,
-            prompt=PROMPT,
-            num_inference_steps=measurement_steps(pipe, posterior, **wanted),
-            recurrences=0,
-            generator=torch.Generator().manual_seed(seed),
+            measurement_steps(pipe, posterior, **wanted),
+            seed,
             output_type="latent",
             callback_on_step_end=window,
         )
@@ -802,19 +797,7 @@ def bare_calls(pipe: LDRPSPipeline, image_size: int, repeats: int) -> dict[str, 
 
 def restore(pipe: LDRPSPipeline, image: torch.Tensor, steps: int, seed: int, **call_kwargs: Any) -> torch.Tensor:
     """One restoration of ``steps`` steps without recurrence, as a float32 CPU tensor (1, 3, H, W)."""
-    return (
-        pipe(
-            image,
-            prompt=PROMPT,
-            num_inference_steps=steps,
-            recurrences=0,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="pt",
-            **call_kwargs,
-        )
-        .images.float()
-        .cpu()
-    )
+    return short_run(pipe, image, steps, seed, output_type="pt", **call_kwargs).images.float().cpu()
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -933,7 +916,7 @@ def run(
     its device lease still leaves every finished row behind, and the final results at the end.
     """
     start = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     spec = TINY if args.tiny else SD21_BASE
     image_size = args.image_size or spec.image_size
     large_size = args.large_image_size or spec.large_image_size
