@@ -1,6 +1,6 @@
 """What the package's commands (``ldrps-restore``, ``ldrps-benchmark``, ``ldrps-speed-benchmark``) share:
-argparse number types with ranges, the check that an output file is new, and ``--quiet``'s silencing of
-the libraries."""
+argparse number types with ranges, the up-front checks of the model, the device and a new output file, and
+``--quiet``'s silencing of the libraries."""
 
 import argparse
 import contextlib
@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import huggingface_hub.utils
+import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
+
+from .loading import resolve_device, resolve_model
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """The seeds ``torch.Generator.manual_seed`` accepts."""
@@ -65,6 +68,27 @@ def check_new_file(path: Path) -> None:
     ancestor = next(p for p in path.parents if p.exists())
     if not ancestor.is_dir():
         raise ValueError(f"{path} cannot be created: {ancestor} is a file, not a folder")
+
+
+def checked_json_path(parser: argparse.ArgumentParser, path: Path) -> None:
+    """End the command through ``parser.error`` (exit status 2), naming ``--json``, unless ``path`` can be a new
+    file (:func:`check_new_file`)."""
+    try:
+        check_new_file(path)
+    except ValueError as error:
+        parser.error(f"argument --json: {error}")
+
+
+def checked_model_and_device(parser: argparse.ArgumentParser, model: str, device: str | None) -> torch.device:
+    """The torch device ``device`` (:func:`~ldrps_pipeline.loading.resolve_device`), once it and ``model``
+    (:func:`~ldrps_pipeline.loading.resolve_model`) are checked: either failing ends the command through
+    ``parser.error`` (exit status 2), before anything is loaded."""
+    try:
+        resolved = resolve_device(device)
+        resolve_model(model)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    return resolved
 
 
 @contextlib.contextmanager

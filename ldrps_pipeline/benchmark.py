@@ -48,10 +48,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always installed with diffusers
 
-from .arguments import SEED_RANGE, check_new_file, float_in, int_in, silenced_libraries
+from .arguments import SEED_RANGE, checked_json_path, checked_model_and_device, float_in, int_in, silenced_libraries
 from .baselines import get_baselines
 from .degradations import BENCHMARK_DEGRADATIONS, get_degradation
-from .loading import load_pipeline, resolve_device, resolve_model
+from .loading import load_pipeline, resolve_device
 from .metrics import psnr, ssim_y
 from .photos import HELDOUT_PHOTOS, heldout_crops
 from .pipeline_ldrps import LDRPSPipeline
@@ -466,15 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json is not None:
-        try:
-            check_new_file(args.json)
-        except ValueError as error:
-            parser.error(f"argument --json: {error}")
-    try:
-        resolve_device(args.device)
-        resolve_model(args.model)
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+        checked_json_path(parser, args.json)
+    checked_model_and_device(parser, args.model, args.device)
     try:
         config = BenchmarkConfig(
             model=args.model,

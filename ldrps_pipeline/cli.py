@@ -15,8 +15,8 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from .arguments import SEED_RANGE, float_in, int_in, silenced_libraries
-from .loading import DTYPE_CHOICES, load_pipeline, resolve_device, resolve_dtype, resolve_model
+from .arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
+from .loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
 from .pipeline_ldrps import LDRPSPipeline
 from .scheduling_ldrps import PRESETS
 
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-restore``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        resolve_model(args.model)
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+    device = checked_model_and_device(parser, args.model, args.device)
     try:
         outputs = plan_outputs(args.inputs, args.output_dir, args.overwrite)
         images = [PIL.Image.open(p).convert("RGB") for p in args.inputs]

@@ -88,7 +88,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .arguments import check_new_file
+from .arguments import checked_json_path, int_in
 from .byte_tokenizer import byte_level_clip_tokenizer
 from .loading import DTYPE_CHOICES, resolve_device, resolve_dtype
 from .perceptual_ldrps import PerceptualFeatures
@@ -520,11 +520,11 @@ def measure(
     posterior = pipe.posterior_scheduler
     steps = measurement_steps(pipe, posterior, warmup + unguided, warmup + guided)
     clock = StepClock(device, posterior, warmup, guided)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     restored = restore(pipe, image, steps, seed, callback_on_step_end=clock, **call_kwargs)
-    cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     # What the caching allocator held at most: the allocations plus its fragmentation.
     peak_reserved = torch.cuda.max_memory_reserved(device) / GIB if cuda else None
@@ -1309,11 +1309,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="dtype of every configuration but the reference (auto: bfloat16 where the card supports it)",
     )
-    parser.add_argument("--steps-measured", type=int, default=30, help="guided steps timed per configuration")
-    parser.add_argument("--warmup", type=int, default=2, help="steps of each kind run before timing (>= 1)")
-    parser.add_argument("--check-steps", type=int, default=10, help="steps of the short identical comparison runs")
+    parser.add_argument("--steps-measured", type=int_in(1), default=30, help="guided steps timed per configuration")
+    parser.add_argument("--warmup", type=int_in(1), default=2, help="steps of each kind run before timing (>= 1)")
     parser.add_argument(
-        "--breakdown-steps", type=int, default=6, help="guided steps of paper timed phase by phase (UNet, decode, ...)"
+        "--check-steps", type=int_in(1), default=10, help="steps of the short identical comparison runs"
+    )
+    parser.add_argument(
+        "--breakdown-steps",
+        type=int_in(1),
+        default=6,
+        help="guided steps of paper timed phase by phase (UNet, decode, ...)",
     )
     parser.add_argument("--image-size", type=int, default=None, help="test image side (default 512; tiny 32)")
     parser.add_argument("--large-image-size", type=int, default=None, help="large image side (default 1024; tiny 64)")
@@ -1346,16 +1351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON; exit status 1 when an output is not finite."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("steps_measured", "warmup", "check_steps", "breakdown_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     path = args.json or (Path(os.environ["OUT"]) / "speed.json" if os.environ.get("OUT") else None)
     save = None
     if path is not None:
-        try:
-            check_new_file(path)
-        except ValueError as error:
-            parser.error(f"argument --json: {error}")
+        checked_json_path(parser, path)
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def save(results: dict[str, Any]) -> None:

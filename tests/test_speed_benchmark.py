@@ -188,6 +188,11 @@ def test_an_existing_json_file_is_never_overwritten(tmp_path, capsys):
     assert "exists" in refused(main, capsys, ["--tiny", "--json", path]) and path.read_text() == "mine"
 
 
+@pytest.mark.parametrize("option", ["--steps-measured", "--warmup", "--check-steps", "--breakdown-steps"])
+def test_step_counts_below_one_are_refused(option, capsys):
+    assert f"argument {option}: must be an integer >= 1, got '0'" in refused(main, capsys, ["--tiny", option, 0])
+
+
 def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monkeypatch):
     measure = speed_benchmark.measure
     tiling = []
