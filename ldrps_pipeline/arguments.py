@@ -79,12 +79,21 @@ def checked_json_path(parser: argparse.ArgumentParser, path: Path) -> None:
         parser.error(f"argument --json: {error}")
 
 
+def checked_device(parser: argparse.ArgumentParser, device: str | None) -> torch.device:
+    """The torch device ``device`` (:func:`~ldrps_pipeline.loading.resolve_device`); one this machine cannot
+    use ends the command through ``parser.error`` (exit status 2), before anything is built."""
+    try:
+        return resolve_device(device)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def checked_model_and_device(parser: argparse.ArgumentParser, model: str, device: str | None) -> torch.device:
-    """The torch device ``device`` (:func:`~ldrps_pipeline.loading.resolve_device`), once it and ``model``
+    """The torch device ``device`` (:func:`checked_device`), once it and ``model``
     (:func:`~ldrps_pipeline.loading.resolve_model`) are checked: either failing ends the command through
     ``parser.error`` (exit status 2), before anything is loaded."""
+    resolved = checked_device(parser, device)
     try:
-        resolved = resolve_device(device)
         resolve_model(model)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))

@@ -88,7 +88,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .arguments import checked_json_path, int_in
+from .arguments import checked_device, checked_json_path, int_in
 from .byte_tokenizer import byte_level_clip_tokenizer
 from .loading import DTYPE_CHOICES, resolve_device, resolve_dtype
 from .perceptual_ldrps import PerceptualFeatures
@@ -1351,6 +1351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON; exit status 1 when an output is not finite."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    checked_device(parser, args.device)
     path = args.json or (Path(os.environ["OUT"]) / "speed.json" if os.environ.get("OUT") else None)
     save = None
     if path is not None:

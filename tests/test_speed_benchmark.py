@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from command_line import refused
+from command_line import forbid, refused
 
 from ldrps_pipeline import LDRPSPipeline, speed_benchmark
 from ldrps_pipeline.speed_benchmark import (
@@ -191,6 +191,11 @@ def test_an_existing_json_file_is_never_overwritten(tmp_path, capsys):
 @pytest.mark.parametrize("option", ["--steps-measured", "--warmup", "--check-steps", "--breakdown-steps"])
 def test_step_counts_below_one_are_refused(option, capsys):
     assert f"argument {option}: must be an integer >= 1, got '0'" in refused(main, capsys, ["--tiny", option, 0])
+
+
+def test_an_unusable_device_is_refused_before_anything_is_built(monkeypatch, capsys):
+    forbid(monkeypatch, speed_benchmark, "build_pipeline", "the components were built")
+    assert "device 'nonsense' is not a torch device" in refused(main, capsys, ["--tiny", "--device", "nonsense"])
 
 
 def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monkeypatch):
