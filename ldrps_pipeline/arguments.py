@@ -59,8 +59,8 @@ def float_in(minimum: float, maximum: float | None = None, *, above_minimum: boo
 
 
 def check_new_file(path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` unless :func:`write_json` can create it: nothing is there yet
-    (not a file, a folder or a link) and its nearest existing ancestor is a folder."""
+    """Raise ``ValueError`` naming ``path`` unless a new file can be created there (as the commands' ``--json``
+    needs): nothing is there yet (not a file, a folder or a link) and its nearest existing ancestor is a folder."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the path of a new file")
     if path.exists() or path.is_symlink():

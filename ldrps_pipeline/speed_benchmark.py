@@ -1069,7 +1069,7 @@ def run(
         """The phase breakdown and the profile of ``row``'s guided step (``pipe`` in ``row``'s configuration)."""
         breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
         phases_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
-        log(f"{row.name}, one guided step by phase (ms, synchronised around each): {phases_ms[row.name]}")
+        log(phases_line(row.name, phases_ms[row.name]))
         free_running = {
             kind: free_running_step(
                 pipe, image, guided=kind == "guided", warmup=args.warmup, steps=args.breakdown_steps, seed=args.seed
@@ -1084,11 +1084,7 @@ def run(
                 row.counts.unguided * free_running["unguided"] + row.counts.guided * free_running["guided"], 1
             ),
         }
-        log(
-            f"{row.name}, one guided step: {profile['measured_step_ms']} ms timed step by step, "
-            f"{profile['free_running_step_ms']} ms free-running (unguided {profile['free_running_unguided_step_ms']} "
-            f"ms): {profile['free_running_seconds_per_image']} s/image free-running"
-        )
+        log(profile_line(row.name, profile))
         profiles[row.name] = profile
         try:
             profile.update(
@@ -1098,10 +1094,7 @@ def run(
             checks[f"{row.name}_profile_error"] = repr(error)
             log(f"{row.name}: the profiler failed: {error!r}")
             return
-        log(
-            f"{row.name}, one guided step profiled: {profile['measured']} {profile['op_ms_per_step']} ms; costliest: "
-            + ", ".join(f"{entry['name'][:60]} {entry['ms_per_step']} ms" for entry in profile["top"][:5])
-        )
+        log(profile_line(row.name, profile))
 
     time_phases(paper)
     checks["bare_calls_ms"] = bare_calls(pipe, image_size, args.breakdown_steps)
@@ -1231,6 +1224,27 @@ def run(
     return final
 
 
+def phases_line(name: str, phases: dict[str, float]) -> str:
+    """One line of ``name``'s guided step by phase (milliseconds), for the log and the table."""
+    return f"{name}'s guided step by phase (ms, device synchronised around each): " + ", ".join(
+        f"{phase} {value:g}" for phase, value in phases.items()
+    )
+
+
+def profile_line(name: str, profile: dict[str, Any]) -> str:
+    """One line of ``name``'s guided step profile (the free-running step, and the profiler's part once it
+    is there), for the log and the table."""
+    line = (
+        f"{name}'s guided step: {profile['measured_step_ms']:g} ms timed step by step, "
+        f"{profile['free_running_step_ms']:g} ms free-running (unguided {profile['free_running_unguided_step_ms']:g}"
+        f" ms; {profile['free_running_seconds_per_image']:g} s/image)"
+    )
+    if "op_ms_per_step" in profile:
+        costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])
+        line += f"; profiled: {profile['measured']} {profile['op_ms_per_step']:g} ms; costliest (ms): {costliest}"
+    return line
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The compact markdown table of :func:`run`'s results, with notes on how the numbers were made and the checks."""
     lines = [
@@ -1270,21 +1284,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"  compiled vs eager decoder gradient ({settings['image_size']} px): cosine {agreement['cosine']:.4f}, "
             f"norm ratio {agreement['norm_ratio']:.4f}"
         )
-    for name, phases in results["guided_step_phases_ms"].items():
-        lines.append(
-            f"  {name}'s guided step by phase (ms, device synchronised around each): "
-            + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
-        )
-    for name, profile in results["guided_step_profiles"].items():
-        line = (
-            f"  {name}'s guided step: {profile['measured_step_ms']:g} ms timed step by step, "
-            f"{profile['free_running_step_ms']:g} ms free-running (unguided {profile['free_running_unguided_step_ms']:g}"
-            f" ms; {profile['free_running_seconds_per_image']:g} s/image)"
-        )
-        if "op_ms_per_step" in profile:
-            costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])
-            line += f"; profiled: {profile['measured']} {profile['op_ms_per_step']:g} ms; costliest (ms): {costliest}"
-        lines.append(line)
+    lines += [f"  {phases_line(name, phases)}" for name, phases in results["guided_step_phases_ms"].items()]
+    lines += [f"  {profile_line(name, profile)}" for name, profile in results["guided_step_profiles"].items()]
     if "bare_calls_ms" in checks:
         bare = checks["bare_calls_ms"]
         lines.append(
