@@ -74,6 +74,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -555,12 +556,17 @@ class PhaseTimer:
     unwrapped step). ``guidance_backward`` is what ``posterior_gradient`` spends outside the decodes,
     the training and the loss (the decoder and ``f`` backward); ``other`` is the rest of the step
     (the scheduler update, the callback), measured from one UNet call to the next.
+
+    Each phase's host time is also kept: from its start until the call returns, before the closing
+    synchronisation. Close to the phase's synchronised time, the host's issuing of the work (or a
+    synchronisation inside it) bounds the phase; well below it, the device does.
     """
 
     def __init__(self, pipe: LDRPSPipeline) -> None:
         self.pipe = pipe
         self.device = pipe._execution_device
         self.steps: list[dict[str, float]] = []
+        self.host_steps: list[dict[str, float]] = []
         self._starts: list[float] = []
         self._guided: list[bool] = []
 
@@ -571,11 +577,14 @@ class PhaseTimer:
             if phase == "unet":
                 self._starts.append(start)
                 self.steps.append(dict.fromkeys(TIMED_PHASES, 0.0))
+                self.host_steps.append(dict.fromkeys(TIMED_PHASES, 0.0))
                 self._guided.append(False)
             result = function(*args, **kwargs)
+            returned = time.perf_counter()
             synchronize(self.device)
             if self.steps:
                 self.steps[-1][phase] += time.perf_counter() - start
+                self.host_steps[-1][phase] += returned - start
             if phase == "posterior" and result is not None:
                 self._guided[-1] = True
             return result
@@ -601,35 +610,50 @@ class PhaseTimer:
             object.__delattr__(self.pipe, name)
         AlignmentTrainer.train_step = self._train_step
 
+    def _guided_steps(self, skip: int) -> list[int]:
+        """Indices of the complete guided steps after the first ``skip`` (the last step has no end)."""
+        indices = [index for index, guided in enumerate(self._guided[:-1]) if guided][skip:]
+        if not indices:
+            raise RuntimeError("no guided step was timed")
+        return indices
+
     def guided_step_means(self, skip: int) -> dict[str, float]:
         """Mean seconds of each phase over the guided steps after the first ``skip`` (the last step has no end)."""
-        complete = [
-            (step, next_start - start)
-            for step, start, next_start, guided in zip(
-                self.steps[:-1], self._starts[:-1], self._starts[1:], self._guided[:-1], strict=True
-            )
-            if guided
-        ][skip:]
-        if not complete:
-            raise RuntimeError("no guided step was timed")
-        means = {phase: sum(step[phase] for step, _ in complete) / len(complete) for phase in TIMED_PHASES}
+        indices = self._guided_steps(skip)
+        means = {phase: sum(self.steps[i][phase] for i in indices) / len(indices) for phase in TIMED_PHASES}
         posterior = means.pop("posterior")
         means["guidance_backward"] = max(
             0.0, posterior - means["decode"] - means["align_train"] - means["guidance_loss"]
         )
-        total = sum(duration for _, duration in complete) / len(complete)
+        total = sum(self._starts[i + 1] - self._starts[i] for i in indices) / len(indices)
         means["other"] = max(0.0, total - means["unet"] - posterior)
         means["total"] = total
         return means
 
+    def guided_step_host_means(self, skip: int) -> dict[str, float]:
+        """Mean host seconds of the phases of :meth:`guided_step_means` (``other`` and ``total`` left out):
+        ``guidance_backward``'s is ``posterior_gradient``'s host time beyond its synchronised inner phases."""
+        indices = self._guided_steps(skip)
 
-def phase_breakdown(pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int) -> dict:
-    """Mean seconds of each phase of a guided step (:class:`PhaseTimer`) over ``guided`` steps after ``warmup``."""
+        def mean(steps: list[dict[str, float]], phase: str) -> float:
+            return sum(steps[i][phase] for i in indices) / len(indices)
+
+        host = {phase: mean(self.host_steps, phase) for phase in ("unet", "decode", "align_train", "guidance_loss")}
+        inner = sum(mean(self.steps, phase) for phase in ("decode", "align_train", "guidance_loss"))
+        host["guidance_backward"] = max(0.0, mean(self.host_steps, "posterior") - inner)
+        return host
+
+
+def phase_breakdown(
+    pipe: LDRPSPipeline, image: torch.Tensor, *, warmup: int, guided: int, seed: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean seconds of each phase of a guided step (:class:`PhaseTimer`) over ``guided`` steps after ``warmup``:
+    the synchronised times, and the host's times of the same phases."""
     posterior = pipe.posterior_scheduler
     steps = measurement_steps(pipe, posterior, 1, warmup + guided + 1)
     with PhaseTimer(pipe) as timer:
         restore(pipe, image, steps, seed)
-    return timer.guided_step_means(skip=warmup)
+    return timer.guided_step_means(skip=warmup), timer.guided_step_host_means(skip=warmup)
 
 
 class StepWindow:
@@ -638,7 +662,8 @@ class StepWindow:
 
     The device is synchronised only at the window's two ends, so the steps inside run as in a real
     restoration, the host queueing work ahead of the card. ``seconds`` is the window's duration;
-    ``profiler``, when given, runs inside the window.
+    ``profiler``, when given, runs inside the window, and on CUDA ``sync_debug`` has torch warn of every
+    operation inside it that waits for the card (``torch.cuda.set_sync_debug_mode``).
     """
 
     def __init__(
@@ -650,6 +675,7 @@ class StepWindow:
         warmup: int,
         steps: int,
         profiler: torch.profiler.profile | None = None,
+        sync_debug: bool = False,
     ) -> None:
         if warmup < 1 or steps < 1:
             raise ValueError(f"warmup and steps must be at least 1, got {warmup} and {steps}")
@@ -657,6 +683,7 @@ class StepWindow:
         self.posterior = posterior
         self.guided = guided
         self.profiler = profiler
+        self.sync_debug = sync_debug and device.type == "cuda"
         self.open_after = warmup
         self.close_after = warmup + steps
         self.seen = 0
@@ -670,6 +697,8 @@ class StepWindow:
                 synchronize(self.device)
                 if self.profiler is not None:
                     self.profiler.start()
+                if self.sync_debug:
+                    torch.cuda.set_sync_debug_mode("warn")
                 self.opened = time.perf_counter()
             elif self.seen == self.close_after:
                 self.close()
@@ -680,6 +709,8 @@ class StepWindow:
         """Close the window if it is open (also when the run failed inside it)."""
         if self.opened is None or self.seconds is not None:
             return
+        if self.sync_debug:
+            torch.cuda.set_sync_debug_mode("default")
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.opened
         if self.profiler is not None:
@@ -731,32 +762,59 @@ def profile_guided_steps(
     only fewer or faster kernels help) from one bound by the host's launching of them (well below it: CUDA
     graphs, ``torch.compile`` or fewer launches help). ``top`` lists the ``top`` costliest kernels or
     operators with their milliseconds and calls per step.
+
+    On CUDA two host-side lists come with it: ``runtime``, the CUDA runtime and driver calls (launches,
+    copies, synchronisations) by host time, and ``syncs``, where in the Python code an operation waited
+    for the card (``torch.cuda.set_sync_debug_mode``), by calls per step.
     """
     device = pipe._execution_device
     cuda = device.type == "cuda"
     activity = torch.profiler.ProfilerActivity
     profiler = torch.profiler.profile(activities=[activity.CPU, activity.CUDA] if cuda else [activity.CPU])
-    window = StepWindow(device, pipe.posterior_scheduler, guided=True, warmup=warmup, steps=guided, profiler=profiler)
-    run_window(pipe, image, window, seed)
+    window = StepWindow(
+        device, pipe.posterior_scheduler, guided=True, warmup=warmup, steps=guided, profiler=profiler, sync_debug=True
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_window(pipe, image, window, seed)
     device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     by_name: dict[str, list[float]] = {}
+    runtime: dict[str, list[float]] = {}
     for event in profiler.events():
-        if event.device_type != device_type or event.is_user_annotation or event.is_async:
+        if event.is_user_annotation or event.is_async:
             continue
-        micros = event.device_time_total if cuda else event.self_cpu_time_total
-        totals = by_name.setdefault(event.name, [0.0, 0])
+        if event.device_type == device_type:
+            micros = event.device_time_total if cuda else event.self_cpu_time_total
+            totals = by_name.setdefault(event.name, [0.0, 0])
+        elif cuda and event.name.startswith("cu"):
+            micros = event.cpu_time_total
+            totals = runtime.setdefault(event.name, [0.0, 0])
+        else:
+            continue
         totals[0] += micros
         totals[1] += 1
-    ranked = sorted(by_name.items(), key=lambda item: item[1][0], reverse=True)
-    return {
+
+    def ranked(totals: dict[str, list[float]], count: int) -> list[dict[str, Any]]:
+        return [
+            {"name": name[:160], "ms_per_step": round(micros / 1000 / guided, 3), "calls_per_step": calls / guided}
+            for name, (micros, calls) in sorted(totals.items(), key=lambda item: item[1][0], reverse=True)[:count]
+        ]
+
+    profile = {
         "measured": "device kernels" if cuda else "CPU operators (self time)",
         "steps": guided,
         "op_ms_per_step": round(sum(micros for micros, _ in by_name.values()) / 1000 / guided, 2),
-        "top": [
-            {"name": name[:160], "ms_per_step": round(micros / 1000 / guided, 3), "calls_per_step": calls / guided}
-            for name, (micros, calls) in ranked[:top]
-        ],
+        "top": ranked(by_name, top),
     }
+    if cuda:
+        profile["runtime"] = ranked(runtime, 8)
+        syncs: dict[str, int] = {}
+        for warning in caught:
+            if "synchroniz" in str(warning.message):
+                place = f"{Path(warning.filename).name}:{warning.lineno}"
+                syncs[place] = syncs.get(place, 0) + 1
+        profile["syncs"] = {place: calls / guided for place, calls in sorted(syncs.items(), key=lambda i: -i[1])}
+    return profile
 
 
 def bare_calls(pipe: LDRPSPipeline, image_size: int, repeats: int) -> dict[str, float]:
@@ -943,6 +1001,7 @@ def run(
     posterior = pipe.posterior_scheduler
     rows: list[Row] = []
     phases_ms: dict[str, dict[str, float]] = {}
+    host_ms: dict[str, dict[str, float]] = {}
     profiles: dict[str, dict[str, Any]] = {}
 
     def results(complete: bool) -> dict[str, Any]:
@@ -976,6 +1035,7 @@ def run(
             ],
             "checks": checks,
             "guided_step_phases_ms": phases_ms,
+            "guided_step_host_ms": host_ms,
             "guided_step_profiles": profiles,
         }
 
@@ -1067,9 +1127,11 @@ def run(
 
     def time_phases(row: Row) -> None:
         """The phase breakdown and the profile of ``row``'s guided step (``pipe`` in ``row``'s configuration)."""
-        breakdown = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
+        breakdown, host = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
         phases_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
+        host_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in host.items()}
         log(phases_line(row.name, phases_ms[row.name]))
+        log(host_line(row.name, host_ms[row.name]))
         free_running = {
             kind: free_running_step(
                 pipe, image, guided=kind == "guided", warmup=args.warmup, steps=args.breakdown_steps, seed=args.seed
@@ -1195,25 +1257,34 @@ def run(
         with cudnn_autotuning(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             # The guided sample's decoder gradient at this image size, eager then compiled: the direct check
             # that the compiled backward is right (inductor 2.13 on the CPU returned zeros for a bf16 decoder).
-            latent_shape = (1, pipe.vae.config.latent_channels, *pipe.latent_grid(image_size, image_size))
-            latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(args.seed))
-            eager_gradient = decoder_gradient(pipe, latents)
-            compile_start = time.perf_counter()
-            pipe.enable_torch_compile(mode=args.compile)
-            compiled_image = restore(pipe, image, args.check_steps, args.seed)
-            checks["compile_seconds"] = round(time.perf_counter() - compile_start, 1)
-            log(
-                f"torch.compile(mode={args.compile!r}): first {args.check_steps}-step run {checks['compile_seconds']} s"
-            )
-            checks[f"compiled_vs_paper_{_dtype_name(half)}"] = difference(compiled_image, paper_image)
-            checks["compiled_decoder_gradient"] = gradient_agreement(decoder_gradient(pipe, latents), eager_gradient)
-            log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
-            outputs.append(compiled_image)
-            described = f"torch.compile(mode={args.compile!r}) and cudnn.benchmark"
-            compiled = measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
-            time_phases(compiled)
-            measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
-            checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            # A mode that fails on this pipeline (a CUDA-graph mode, say) is recorded; the rows before it stay.
+            try:
+                latent_shape = (1, pipe.vae.config.latent_channels, *pipe.latent_grid(image_size, image_size))
+                latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(args.seed))
+                eager_gradient = decoder_gradient(pipe, latents)
+                compile_start = time.perf_counter()
+                pipe.enable_torch_compile(mode=args.compile)
+                compiled_image = restore(pipe, image, args.check_steps, args.seed)
+                checks["compile_seconds"] = round(time.perf_counter() - compile_start, 1)
+                log(
+                    f"torch.compile(mode={args.compile!r}): first {args.check_steps}-step run {checks['compile_seconds']} s"
+                )
+                checks[f"compiled_vs_paper_{_dtype_name(half)}"] = difference(compiled_image, paper_image)
+                checks["compiled_decoder_gradient"] = gradient_agreement(
+                    decoder_gradient(pipe, latents), eager_gradient
+                )
+                log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
+                outputs.append(compiled_image)
+                described = f"torch.compile(mode={args.compile!r}) and cudnn.benchmark"
+                compiled = measured_row(
+                    "paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work
+                )
+                time_phases(compiled)
+                measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
+                checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            except Exception as error:
+                checks["compile_error"] = repr(error)
+                log(f"the compiled rows failed (torch.compile mode {args.compile!r}): {error!r}")
 
     checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
         bool(torch.isfinite(x).all()) for x in outputs
@@ -1231,6 +1302,13 @@ def phases_line(name: str, phases: dict[str, float]) -> str:
     )
 
 
+def host_line(name: str, host: dict[str, float]) -> str:
+    """One line of the host's milliseconds in each phase of ``name``'s guided step, for the log and the table."""
+    return f"{name}'s guided step, host time to issue each phase (ms): " + ", ".join(
+        f"{phase} {value:g}" for phase, value in host.items()
+    )
+
+
 def profile_line(name: str, profile: dict[str, Any]) -> str:
     """One line of ``name``'s guided step profile (the free-running step, and the profiler's part once it
     is there), for the log and the table."""
@@ -1242,6 +1320,15 @@ def profile_line(name: str, profile: dict[str, Any]) -> str:
     if "op_ms_per_step" in profile:
         costliest = "; ".join(f"{entry['name'][:50]} {entry['ms_per_step']:g}" for entry in profile["top"][:3])
         line += f"; profiled: {profile['measured']} {profile['op_ms_per_step']:g} ms; costliest (ms): {costliest}"
+    if profile.get("runtime"):
+        calls = "; ".join(
+            f"{entry['name'][:40]} {entry['ms_per_step']:g} ({entry['calls_per_step']:g})"
+            for entry in profile["runtime"]
+        )
+        line += f"; host CUDA calls, ms (calls) per step: {calls}"
+    if "syncs" in profile:
+        waits = "; ".join(f"{place} {calls:g}" for place, calls in profile["syncs"].items()) or "none"
+        line += f"; operations waiting for the card, calls per step: {waits}"
     return line
 
 
@@ -1285,6 +1372,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"norm ratio {agreement['norm_ratio']:.4f}"
         )
     lines += [f"  {phases_line(name, phases)}" for name, phases in results["guided_step_phases_ms"].items()]
+    lines += [f"  {host_line(name, host)}" for name, host in results["guided_step_host_ms"].items()]
     lines += [f"  {profile_line(name, profile)}" for name, profile in results["guided_step_profiles"].items()]
     if "bare_calls_ms" in checks:
         bare = checks["bare_calls_ms"]
@@ -1294,6 +1382,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
     if "compile_seconds" in checks:
         lines.append(f"  torch.compile: the first {checks['steps']}-step run took {checks['compile_seconds']} s")
+    if "compile_error" in checks:
+        lines.append(f"  the compiled rows failed: {checks['compile_error']}")
     return "\n".join(lines)
 
 

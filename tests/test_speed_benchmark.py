@@ -105,6 +105,17 @@ def test_phase_breakdown_covers_the_guided_step(run):
     assert all(phases[phase] > 0 for phase in ("unet", "decode", "align_train", "guidance_loss", "guidance_backward"))
 
 
+def test_host_time_of_each_phase_is_reported_and_within_its_synchronised_time(run):
+    _, log, results, _ = run
+    assert set(results["guided_step_host_ms"]) == {"paper", "paper+compile"}
+    for name, host in results["guided_step_host_ms"].items():
+        phases = results["guided_step_phases_ms"][name]
+        assert set(host) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward"}
+        # The host's part of a phase ends when its call returns, before the closing synchronisation.
+        assert all(0 < host[phase] <= phases[phase] + 0.01 for phase in host)
+        assert f"{name}'s guided step, host time to issue each phase (ms): unet " in log
+
+
 def test_profiles_of_the_guided_step_are_reported(run):
     _, log, results, _ = run
     profiles = results["guided_step_profiles"]
@@ -216,6 +227,20 @@ def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monk
     assert rows["paper@64"]["vae_tiling"] and "paper@64 (tiled VAE)" in output.getvalue()
     # Tiling was on for the retry only, and off again for the rows after it.
     assert tiling.count(True) == 1 and not tiling[-1]
+
+
+def test_a_failing_compile_mode_is_recorded_and_the_run_ends_with_the_rows_before_it(tmp_path, monkeypatch):
+    def no_cuda_graphs(pipe, **options):
+        raise RuntimeError(f"simulated: mode {options['mode']} failed")
+
+    monkeypatch.setattr(LDRPSPipeline, "enable_torch_compile", no_cuda_graphs)
+    argv = ["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *OPTIONAL_ROWS]
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        status = main([*argv, "--compile", "reduce-overhead"])
+    results = json.loads((tmp_path / "s.json").read_text())
+    assert status == 0 and results["complete"] and results["rows"][-1]["name"] == "fast"
+    assert "simulated: mode reduce-overhead failed" in results["checks"]["compile_error"]
+    assert "the compiled rows failed: RuntimeError('simulated: mode reduce-overhead failed')" in output.getvalue()
 
 
 def test_a_failing_profiler_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
