@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
+from .attention_ldrps import DecoderAttnProcessor
 from .captioning_ldrps import caption_images
 from .guidance_ldrps import posterior_loss
 from .perceptual_ldrps import PerceptualFeatures
@@ -240,13 +241,22 @@ class LDRPSPipeline(DiffusionPipeline):
         self._xformers_attention = valid
 
     def _default_attention(self) -> bool:
-        """Whether every attention layer of the UNet and the VAE still has diffusers' default processor."""
-        defaults = (AttnProcessor, AttnProcessor2_0)
+        """Whether every attention layer of the UNet and the VAE still has diffusers' default processor
+        (or, in the VAE, the pipeline's :class:`DecoderAttnProcessor`)."""
+        defaults = (AttnProcessor, AttnProcessor2_0, DecoderAttnProcessor)
         return all(
             type(processor) in defaults
             for model in (self.unet, self.vae)
             for processor in model.attn_processors.values()
         )
+
+    def _use_decoder_attention(self) -> None:
+        """Give the VAE's attention layers :class:`DecoderAttnProcessor` (the written-out attention, whose
+        backward is far faster than SDPA's memory-efficient kernel at the decoder's one 512-wide head) while
+        they have diffusers' default processors; xformers, once switched on, and your own processors stay."""
+        processors = self.vae.attn_processors.values()
+        if processors and all(type(processor) in (AttnProcessor, AttnProcessor2_0) for processor in processors):
+            self.vae.set_attn_processor(DecoderAttnProcessor())
 
     def _use_xformers_if_installed(self, device: torch.device) -> None:
         """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
@@ -276,10 +286,11 @@ class LDRPSPipeline(DiffusionPipeline):
         relational of symbolic sizes) once a second shape made them dynamic. After dynamo's
         ``torch._dynamo.config.recompile_limit`` versions of one function (8 by default; each size,
         batch, grad mode and autocast state is one) further shapes run eagerly, with a warning: raise
-        that limit when restoring images of many sizes. The attention processors stay
-        as they are (SDPA by default, which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``"reduce-overhead"``) are not advised: the online training of the alignment state between
-        the calls defeats them.
+        that limit when restoring images of many sizes. The VAE's default attention processors become
+        :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
+        which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
+        (``"reduce-overhead"``) have not been shown to work with the online training of the alignment
+        state between the calls; ``ldrps-speed-benchmark --compile reduce-overhead`` tries them.
 
         A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
         backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet
@@ -294,6 +305,7 @@ class LDRPSPipeline(DiffusionPipeline):
             # afterwards, and inductor compiles SDPA (diffusers' default) while xformers' kernels are opaque to it.
             # The attention processors themselves are left as they are.
             self._xformers_attention = False
+        self._use_decoder_attention()  # before compiling: the processors are traced with the decoder
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)
         inductor = compile_options.get("backend", "inductor") == "inductor"
@@ -658,6 +670,7 @@ class LDRPSPipeline(DiffusionPipeline):
         generators = self._generators(generator, batch_size)
         device = self._execution_device
         self._use_xformers_if_installed(device)
+        self._use_decoder_attention()
         degraded = degraded.to(device)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False

@@ -5,6 +5,15 @@ while another process holds the cores (a training run, a second pytest) slow tin
 orders of magnitude.
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """dynamo's compiled code is cached per code object (shared by every UNet): start and leave with an empty cache."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -10,6 +10,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging
 
 from ldrps_pipeline import pipeline_ldrps
+from ldrps_pipeline.attention_ldrps import DecoderAttnProcessor
 from tiny_components import record_unet_batches, tiny_image, tiny_pipeline
 
 
@@ -61,17 +62,51 @@ def test_vae_tiling(reference):
     assert torch.isfinite(result).all() and (result - expected).abs().mean() < 0.06
 
 
+def decode_with(processor, latents, dtype):
+    """The tiny VAE's decode of ``latents`` with ``processor`` in its attention, and the gradient of a loss on it."""
+    vae = tiny_pipeline().vae.to(dtype)
+    vae.set_attn_processor(processor)
+    latents = latents.to(dtype).requires_grad_(True)
+    image = vae.decode(latents).sample
+    (gradient,) = torch.autograd.grad(image.float().square().sum(), latents)
+    return image.float(), gradient.float()
+
+
+def test_written_out_decoder_attention_matches_sdpa_in_value_and_gradient():
+    latents = torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(0))
+    expected = decode_with(AttnProcessor2_0(), latents, torch.float32)
+    # float32: measured max |diff| 1.4e-6 (image) and 5.7e-6 (gradient, entries up to about 10).
+    for result, reference in zip(decode_with(DecoderAttnProcessor(), latents, torch.float32), expected, strict=True):
+        assert torch.allclose(result, reference, atol=3e-5)
+    # bfloat16: as close to float32 as SDPA in bfloat16 is (measured 0.026 vs 0.025 image, 0.13 vs 0.12 gradient).
+    sdpa = decode_with(AttnProcessor2_0(), latents, torch.bfloat16)
+    written_out = decode_with(DecoderAttnProcessor(), latents, torch.bfloat16)
+    for ours, theirs, reference in zip(written_out, sdpa, expected, strict=True):
+        assert (ours - reference).abs().max() <= 1.5 * (theirs - reference).abs().max() + 1e-3
+    # Beyond max_tokens (here 96 positions) it is SDPA itself: the same numbers.
+    fallback = decode_with(DecoderAttnProcessor(max_tokens=95), latents, torch.float32)
+    assert all(torch.equal(result, reference) for result, reference in zip(fallback, expected, strict=True))
+
+
+def test_the_vae_gets_the_decoder_attention_unless_its_processors_are_your_own(reference, fresh_dynamo):
+    image, _ = reference
+    pipe = tiny_pipeline()
+    restore(pipe, image, num_inference_steps=2)
+    assert {type(p) for p in pipe.vae.attn_processors.values()} == {DecoderAttnProcessor}
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    # enable_torch_compile installs it before compiling (the processors are traced with the decoder).
+    compiled = tiny_pipeline()
+    compiled.enable_torch_compile(backend="eager")
+    assert {type(p) for p in compiled.vae.attn_processors.values()} == {DecoderAttnProcessor}
+    custom = tiny_pipeline()
+    custom.vae.set_attn_processor(AttnProcessorWithAScale())
+    restore(custom, image, num_inference_steps=2)
+    assert {type(p) for p in custom.vae.attn_processors.values()} == {AttnProcessorWithAScale}
+
+
 def test_bad_unet_batch_size_is_refused():
     with pytest.raises(ValueError, match="unet_batch_size"):
         restore(tiny_pipeline(), tiny_image(8, 8), unet_batch_size=0)
-
-
-@pytest.fixture
-def fresh_dynamo():
-    # Compiled code is cached per code object (shared by every UNet): start and leave with an empty cache.
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
