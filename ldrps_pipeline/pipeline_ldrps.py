@@ -289,8 +289,9 @@ class LDRPSPipeline(DiffusionPipeline):
         that limit when restoring images of many sizes. The VAE's default attention processors become
         :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
         which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``"reduce-overhead"``) have not been shown to work with the online training of the alignment
-        state between the calls; ``ldrps-speed-benchmark --compile reduce-overhead`` tries them.
+        (``"reduce-overhead"``) do not work here: on an H200 (torch 2.11) the alignment module's compiled
+        output was overwritten by its next call before the perceptual features read it (a CUDA-graph
+        replay reuses its output buffers), which torch reported as an error.
 
         A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
         backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet

@@ -34,7 +34,9 @@ has 100 unguided steps, the recurrences none. A full run of every configuration 
 longer than a lent GPU's lease, so each configuration runs a short pass-0 schedule chosen to have
 ``warmup + N/2`` unguided then ``warmup + N`` guided steps (``N = --steps-measured``); the seconds
 of each kind of step are timed after a device synchronisation at every step end (the first
-``warmup`` steps of each kind are discarded), and the seconds per image are extrapolated with the
+``warmup`` steps of each kind are discarded), and again free-running: ``N/2`` unguided and ``N``
+guided steps back to back, synchronised only before and after them, the pace of a real restoration,
+which does not wait for the card at every step end. The seconds per image are extrapolated with the
 exact numbers of unguided and guided steps of the configuration's full schedule. A step's cost does
 not depend on the timestep, only on whether it is guided (the exposure and colour terms below
 t = 100 add a few pixel-wise operations). Fixed costs per image (prompt encoding, re-noising, the
@@ -50,9 +52,8 @@ gradient at the image's latent size with eager's (cosine and norm ratio).
 ``paper`` (and ``paper+compile``) also get their guided step timed phase by phase, and profiled with
 ``torch.profiler``: the kernels' time per step on the card, against the step's measured time, tells a
 step bound by the card from one bound by the host's launching of kernels, and the costliest kernels are
-listed; runs of guided and of unguided steps back to back, synchronised only before and after them,
-give the pace of a real restoration, which does not wait for the card at every step end as the rows'
-timing does, and its seconds per image.
+listed, with the host's CUDA calls and any operation that waits for the card; each phase's host time
+tells which phases the host's issuing of work bounds.
 ``paper``'s UNet and decoder are also timed called directly, outside the pipeline.
 
 Every row also gets the operations of its steps, counted once in a separate short run with
@@ -420,13 +421,16 @@ class StepClock:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Seconds per unguided and guided step (means, and the raw times), peak device memory (allocated, and
-    reserved by the caching allocator), output finiteness."""
+    """Seconds per unguided and guided step timed step by step (means, and the raw times) and free-running
+    (:func:`free_running_step`), peak device memory (allocated, and reserved by the caching allocator),
+    output finiteness."""
 
     unguided_step: float
     guided_step: float
     unguided_times: list[float]
     guided_times: list[float]
+    free_running_unguided_step: float
+    free_running_guided_step: float
     peak_gib: float | None
     peak_reserved_gib: float | None
     finite: bool
@@ -503,6 +507,12 @@ class Row:
         return self.counts.unguided * m.unguided_step + self.counts.guided * m.guided_step
 
     @property
+    def free_running_seconds_per_image(self) -> float:
+        """Extrapolated as :attr:`seconds_per_image`, from the free-running steps: a real restoration's pace."""
+        m = self.measurement
+        return self.counts.unguided * m.free_running_unguided_step + self.counts.guided * m.free_running_guided_step
+
+    @property
     def tflop_per_image(self) -> float:
         """The counted operations of the full schedule's steps, in TFLOP."""
         return self.counts.unguided * self.work.unguided_tflop + self.counts.guided * self.work.guided_tflop
@@ -523,7 +533,8 @@ def measure(
     seed: int,
     **call_kwargs: Any,
 ) -> Measurement:
-    """Time ``unguided`` unguided and ``guided`` guided steps of one restoration (after ``warmup`` of each)."""
+    """Time ``unguided`` unguided and ``guided`` guided steps of one restoration (after ``warmup`` of each),
+    synchronised at every step end, then as many of each kind free-running (two more short restorations)."""
     device = pipe._execution_device
     posterior = pipe.posterior_scheduler
     steps = measurement_steps(pipe, posterior, warmup + unguided, warmup + guided)
@@ -539,11 +550,17 @@ def measure(
     unguided_times, guided_times = clock.times[False], clock.times[True]
     if len(guided_times) < guided or len(unguided_times) < unguided:
         raise RuntimeError(f"timed {len(unguided_times)} unguided and {len(guided_times)} guided steps only")
+    free_running = {
+        kind: free_running_step(pipe, image, guided=kind, warmup=warmup, steps=count, seed=seed, **call_kwargs)
+        for kind, count in ((False, unguided), (True, guided))
+    }
     return Measurement(
         unguided_step=sum(unguided_times) / len(unguided_times),
         guided_step=sum(guided_times) / len(guided_times),
         unguided_times=unguided_times,
         guided_times=guided_times,
+        free_running_unguided_step=free_running[False],
+        free_running_guided_step=free_running[True],
         peak_gib=peak,
         peak_reserved_gib=peak_reserved,
         finite=bool(torch.isfinite(restored).all()),
@@ -724,7 +741,7 @@ class StepWindow:
             self.profiler.stop()
 
 
-def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, seed: int) -> float:
+def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, seed: int, **call_kwargs: Any) -> float:
     """Restore ``image`` with ``window`` as the callback until it closes; returns the window's seconds."""
     posterior = pipe.posterior_scheduler
     wanted = (
@@ -740,6 +757,7 @@ def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, see
             seed,
             output_type="latent",
             callback_on_step_end=window,
+            **call_kwargs,
         )
     finally:
         window.close()
@@ -750,13 +768,20 @@ def run_window(pipe: LDRPSPipeline, image: torch.Tensor, window: StepWindow, see
 
 
 def free_running_step(
-    pipe: LDRPSPipeline, image: torch.Tensor, *, guided: bool, warmup: int, steps: int, seed: int
+    pipe: LDRPSPipeline,
+    image: torch.Tensor,
+    *,
+    guided: bool,
+    warmup: int,
+    steps: int,
+    seed: int,
+    **call_kwargs: Any,
 ) -> float:
     """Mean seconds of a guided (or unguided) step over ``steps`` such steps run back to back, the device
-    synchronised only before and after them: a real restoration's pace (the rows' step times synchronise at
+    synchronised only before and after them: a real restoration's pace (the step-by-step times synchronise at
     every step end, which keeps the host from queueing the next step's work while the card finishes this one)."""
     window = StepWindow(pipe._execution_device, pipe.posterior_scheduler, guided=guided, warmup=warmup, steps=steps)
-    return run_window(pipe, image, window, seed) / steps
+    return run_window(pipe, image, window, seed, **call_kwargs) / steps
 
 
 def profile_guided_steps(
@@ -1034,6 +1059,7 @@ def run(
                 {
                     **asdict(row),
                     "seconds_per_image": row.seconds_per_image,
+                    "free_running_seconds_per_image": row.free_running_seconds_per_image,
                     "speedup": baseline / row.seconds_per_image,
                     "tflop_per_image": row.tflop_per_image,
                     "tflops": row.tflops,
@@ -1087,7 +1113,9 @@ def run(
         log(
             f"{name}: {m.guided_step:.4f} s/guided step, {m.unguided_step:.4f} s/unguided step{peak}; "
             f"{row.seconds_per_image:.1f} s/image extrapolated from {args.steps_measured} guided + "
-            f"{unguided_measured} unguided steps; {work.guided_tflop:.2f} TFLOP/guided step, "
+            f"{unguided_measured} unguided steps, {row.free_running_seconds_per_image:.1f} s/image free-running "
+            f"({m.free_running_guided_step:.4f} s/guided step, {m.free_running_unguided_step:.4f} s/unguided step); "
+            f"{work.guided_tflop:.2f} TFLOP/guided step, "
             f"{work.unguided_tflop:.2f} TFLOP/unguided step, {row.tflops:.1f} TFLOP/s; output finite: {m.finite}"
         )
         rows.append(row)
@@ -1139,19 +1167,12 @@ def run(
         host_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in host.items()}
         log(phases_line(row.name, phases_ms[row.name]))
         log(host_line(row.name, host_ms[row.name]))
-        free_running = {
-            kind: free_running_step(
-                pipe, image, guided=kind == "guided", warmup=args.warmup, steps=args.breakdown_steps, seed=args.seed
-            )
-            for kind in ("unguided", "guided")
-        }
+        m = row.measurement
         profile = {
-            "measured_step_ms": round(1000 * row.measurement.guided_step, 2),
-            "free_running_step_ms": round(1000 * free_running["guided"], 2),
-            "free_running_unguided_step_ms": round(1000 * free_running["unguided"], 2),
-            "free_running_seconds_per_image": round(
-                row.counts.unguided * free_running["unguided"] + row.counts.guided * free_running["guided"], 1
-            ),
+            "measured_step_ms": round(1000 * m.guided_step, 2),
+            "free_running_step_ms": round(1000 * m.free_running_guided_step, 2),
+            "free_running_unguided_step_ms": round(1000 * m.free_running_unguided_step, 2),
+            "free_running_seconds_per_image": round(row.free_running_seconds_per_image, 1),
         }
         log(profile_line(row.name, profile))
         profiles[row.name] = profile
@@ -1350,8 +1371,8 @@ def format_table(results: dict[str, Any]) -> str:
     """The compact markdown table of :func:`run`'s results, with notes on how the numbers were made and the checks."""
     lines = [
         "| config | dtype | samples | image | steps (unguided + guided) | s/guided step | s/unguided step "
-        "| s/image (extrapolated) | peak GiB | speed-up vs reference | PFLOP/image | TFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s/image (extrapolated) | s/image free-running | peak GiB | speed-up vs reference | PFLOP/image | TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         m = row["measurement"]
@@ -1360,7 +1381,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {row['dtype']} | {row['num_samples']} | {row['image_size']} "
             f"| {row['counts']['unguided']} + {row['counts']['guided']} | {m['guided_step']:.4f} "
-            f"| {m['unguided_step']:.4f} | {row['seconds_per_image']:.1f} | {peak} | {row['speedup']:.2f}x "
+            f"| {m['unguided_step']:.4f} | {row['seconds_per_image']:.1f} | {row['free_running_seconds_per_image']:.1f} "
+            f"| {peak} | {row['speedup']:.2f}x "
             f"| {row['tflop_per_image'] / 1000:.3g} | {row['tflops']:.3g} |"
         )
     settings, checks = results["settings"], results["checks"]
@@ -1369,7 +1391,9 @@ def format_table(results: dict[str, Any]) -> str:
         "",
         f"s/image extrapolated from {measured['guided']} guided + {measured['unguided']} unguided timed steps per "
         f"configuration (after {settings['warmup']} warm-up steps of each kind) to the full schedules, "
-        f"{PAPER_SCHEDULE.label()} steps (paper) and {FAST_SCHEDULE.label()} (fast); fixed per-image costs left out.",
+        f"{PAPER_SCHEDULE.label()} steps (paper) and {FAST_SCHEDULE.label()} (fast); fixed per-image costs left out. "
+        "The step-by-step columns synchronise the device at every step end; free-running, as many steps of each "
+        "kind run back to back (synchronised only around them), as in a real restoration. Speed-ups are step by step.",
         "* not run separately: paper's measured per-step costs over fast's schedule.",
         f"Checks ({checks['steps']}-step restorations, seed {checks['seed']}): all outputs finite: "
         f"{checks['all_outputs_finite']}",

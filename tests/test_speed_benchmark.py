@@ -126,7 +126,13 @@ def test_profiles_of_the_guided_step_are_reported(run):
             1000 * next(row for row in results["rows"] if row["name"] == name)["measurement"]["guided_step"], abs=0.01
         )
         row = next(row for row in results["rows"] if row["name"] == name)
-        assert profile["free_running_step_ms"] > 0 and profile["free_running_unguided_step_ms"] > 0
+        # The row's own free-running steps.
+        assert profile["free_running_step_ms"] == pytest.approx(
+            1000 * row["measurement"]["free_running_guided_step"], abs=0.01
+        )
+        assert profile["free_running_unguided_step_ms"] == pytest.approx(
+            1000 * row["measurement"]["free_running_unguided_step"], abs=0.01
+        )
         assert profile["free_running_seconds_per_image"] == pytest.approx(
             (
                 row["counts"]["unguided"] * profile["free_running_unguided_step_ms"]
@@ -166,6 +172,22 @@ def test_step_window_times_the_steps_asked_for(monkeypatch, guided):
     assert calls[4] - calls[2] <= seconds <= end - calls[1]
     with pytest.raises(ValueError, match="warmup and steps"):
         StepWindow(pipe._execution_device, posterior, guided=guided, warmup=0, steps=3)
+
+
+def test_measure_times_free_running_steps_with_the_same_call_arguments(monkeypatch):
+    pipe = tiny_pipeline()
+    batch_sizes = []
+    original = pipe.predict_noise
+
+    def recorded(*args):
+        batch_sizes.append(args[-1])  # unet_batch_size, the last positional argument
+        return original(*args)
+
+    monkeypatch.setattr(pipe, "predict_noise", recorded)
+    m = speed_benchmark.measure(pipe, tiny_image(), warmup=1, guided=2, unguided=1, seed=0, unet_batch_size=2)
+    assert m.free_running_guided_step > 0 and m.free_running_unguided_step > 0
+    # The step-by-step run and both free-running runs all split the UNet batch as asked.
+    assert set(batch_sizes) == {2} and len(batch_sizes) >= 3 * 3
 
 
 def test_profile_covers_exactly_the_guided_steps_asked_for():
@@ -281,8 +303,13 @@ def test_json_numbers_are_finite_and_positive(run):
     for row in results["rows"]:
         m = row["measurement"]
         assert len(m["guided_times"]) == 2 and len(m["unguided_times"]) == 1
+        free_running = (m["free_running_guided_step"], m["free_running_unguided_step"])
         for value in (m["guided_step"], m["unguided_step"], row["seconds_per_image"], row["speedup"], row["tflops"]):
             assert math.isfinite(value) and value > 0
+        assert all(math.isfinite(value) and value > 0 for value in free_running)
+        assert row["free_running_seconds_per_image"] == pytest.approx(
+            row["counts"]["guided"] * free_running[0] + row["counts"]["unguided"] * free_running[1]
+        )
         assert row["tflop_per_image"] == pytest.approx(
             row["counts"]["unguided"] * row["work"]["unguided_tflop"]
             + row["counts"]["guided"] * row["work"]["guided_tflop"]
