@@ -1280,8 +1280,8 @@ def run(
     if args.compile is not None:
         # Last, because compiling is in place: the first warm-up steps pay for the compilation.
         # With cuDNN autotuning: the compiled graphs call cuDNN for the convolutions.
-        # Every image size, batch, grad mode and autocast state is its own graph (static shapes): more than
-        # dynamo's default of 8 per function for the perceptual features over paper and fast together.
+        # Every image size, batch, grad mode and autocast state is its own graph (static shapes): the raised
+        # limit keeps any function from falling back to eager over paper and fast together.
         with cudnn_autotuning(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             # The guided sample's decoder gradient at this image size, eager then compiled: the direct check
             # that the compiled backward is right (inductor 2.13 on the CPU returned zeros for a bf16 decoder).
@@ -1456,8 +1456,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         metavar="MODE",
-        help="also time paper and fast with torch.compile of the UNet, the VAE decoder, the perceptual features and "
-        "the alignment networks, in the first MODE that works (failures are recorded; no MODE: 'default'; e.g. "
+        help="also time paper and fast with torch.compile of the UNet and the VAE decoder (pipe.enable_torch_compile), "
+        "in the first MODE that works (failures are recorded; no MODE: 'default'; e.g. "
         "--compile reduce-overhead default); compilation time is reported apart",
     )
     parser.add_argument(
