@@ -114,6 +114,7 @@ OPTIONAL_ROWS = (
     "paper+vae-channels-last",
     "paper+xformers",
     "paper@large",
+    "paper+compile-small-networks",
 )
 """The rows that ``--skip`` may leave out (no other row or check needs them)."""
 
@@ -1320,6 +1321,24 @@ def run(
                     if len(rows) > rows_before:
                         break  # its paper row stands
                     torch._dynamo.reset()
+            if "compile_mode" in checks and "paper+compile-small-networks" not in args.skip:
+                # The perceptual features and the alignment networks compiled too (enable_torch_compile's
+                # small_networks=True, its default until they were seen slower compiled): the phases side by side.
+                mode = checks["compile_mode"]
+                try:
+                    pipe.enable_torch_compile(small_networks=True, mode=mode)
+                    small = measured_row(
+                        "paper+compile-small-networks",
+                        f"paper with torch.compile(mode={mode!r}) of the UNet, the decoder, the perceptual features "
+                        "and the alignment networks, and cudnn.benchmark",
+                        pipe,
+                        PAPER_SCHEDULE,
+                        work=paper.work,
+                    )
+                    time_phases(small)
+                except Exception as error:
+                    checks["small_networks_error"] = repr(error)
+                    log(f"paper+compile-small-networks failed: {error!r}")
 
     checks["all_outputs_finite"] = all(row.measurement.finite for row in rows) and all(
         bool(torch.isfinite(x).all()) for x in outputs
