@@ -294,9 +294,10 @@ class LDRPSPipeline(DiffusionPipeline):
         that limit when restoring images of many sizes. The VAE's default attention processors become
         :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
         which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``"reduce-overhead"``) do not work here: on an H200 (torch 2.11) the alignment module's compiled
-        output was overwritten by its next call before the perceptual features read it (a CUDA-graph
-        replay reuses its output buffers), which torch reported as an error.
+        (``"reduce-overhead"``) failed with ``small_networks=True`` on an H200 (torch 2.11): the alignment
+        module's compiled output was overwritten by its next call before the perceptual features read it
+        (a CUDA-graph replay reuses its output buffers), which torch reported as an error. With only the
+        UNet and the decoder compiled they have not been tried on a GPU yet.
 
         A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
         backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet
