@@ -9,8 +9,7 @@ from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging
 
-from ldrps_pipeline import pipeline_ldrps
-from ldrps_pipeline.attention_ldrps import DecoderAttnProcessor
+from ldrps_pipeline import DecoderAttnProcessor, pipeline_ldrps
 from tiny_components import record_unet_batches, tiny_image, tiny_pipeline
 
 
