@@ -642,10 +642,14 @@ class PhaseTimer:
             raise RuntimeError("no guided step was timed")
         return indices
 
+    @staticmethod
+    def _mean(steps: list[dict[str, float]], phase: str, indices: list[int]) -> float:
+        return sum(steps[i][phase] for i in indices) / len(indices)
+
     def guided_step_means(self, skip: int) -> dict[str, float]:
         """Mean seconds of each phase over the guided steps after the first ``skip`` (the last step has no end)."""
         indices = self._guided_steps(skip)
-        means = {phase: sum(self.steps[i][phase] for i in indices) / len(indices) for phase in TIMED_PHASES}
+        means = {phase: self._mean(self.steps, phase, indices) for phase in TIMED_PHASES}
         posterior = means.pop("posterior")
         means["guidance_backward"] = max(
             0.0, posterior - means["decode"] - means["align_train"] - means["guidance_loss"]
@@ -659,13 +663,10 @@ class PhaseTimer:
         """Mean host seconds of the phases of :meth:`guided_step_means` (``other`` and ``total`` left out):
         ``guidance_backward``'s is ``posterior_gradient``'s host time beyond its synchronised inner phases."""
         indices = self._guided_steps(skip)
-
-        def mean(steps: list[dict[str, float]], phase: str) -> float:
-            return sum(steps[i][phase] for i in indices) / len(indices)
-
-        host = {phase: mean(self.host_steps, phase) for phase in ("unet", "decode", "align_train", "guidance_loss")}
-        inner = sum(mean(self.steps, phase) for phase in ("decode", "align_train", "guidance_loss"))
-        host["guidance_backward"] = max(0.0, mean(self.host_steps, "posterior") - inner)
+        inner_phases = ("decode", "align_train", "guidance_loss")
+        host = {phase: self._mean(self.host_steps, phase, indices) for phase in ("unet", *inner_phases)}
+        inner = sum(self._mean(self.steps, phase, indices) for phase in inner_phases)
+        host["guidance_backward"] = max(0.0, self._mean(self.host_steps, "posterior", indices) - inner)
         return host
 
 
@@ -1166,8 +1167,8 @@ def run(
         breakdown, host = phase_breakdown(pipe, image, warmup=args.warmup, guided=args.breakdown_steps, seed=args.seed)
         phases_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in breakdown.items()}
         host_ms[row.name] = {phase: round(1000 * value, 2) for phase, value in host.items()}
-        log(phases_line(row.name, phases_ms[row.name]))
-        log(host_line(row.name, host_ms[row.name]))
+        log(phases_line(row.name, PHASES_LABEL, phases_ms[row.name]))
+        log(phases_line(row.name, HOST_LABEL, host_ms[row.name]))
         m = row.measurement
         profile = {
             "measured_step_ms": round(1000 * m.guided_step, 2),
@@ -1349,18 +1350,14 @@ def run(
     return final
 
 
-def phases_line(name: str, phases: dict[str, float]) -> str:
-    """One line of ``name``'s guided step by phase (milliseconds), for the log and the table."""
-    return f"{name}'s guided step by phase (ms, device synchronised around each): " + ", ".join(
-        f"{phase} {value:g}" for phase, value in phases.items()
-    )
+PHASES_LABEL = "guided step by phase (ms, device synchronised around each)"
+HOST_LABEL = "guided step, host time to issue each phase (ms)"
 
 
-def host_line(name: str, host: dict[str, float]) -> str:
-    """One line of the host's milliseconds in each phase of ``name``'s guided step, for the log and the table."""
-    return f"{name}'s guided step, host time to issue each phase (ms): " + ", ".join(
-        f"{phase} {value:g}" for phase, value in host.items()
-    )
+def phases_line(name: str, label: str, phases: dict[str, float]) -> str:
+    """One line of milliseconds by phase of ``name``'s guided step (``PHASES_LABEL`` or ``HOST_LABEL``), for the
+    log and the table."""
+    return f"{name}'s {label}: " + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
 
 
 def profile_line(name: str, profile: dict[str, Any]) -> str:
@@ -1428,8 +1425,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"  compiled vs eager decoder gradient ({settings['image_size']} px): cosine {agreement['cosine']:.4f}, "
             f"norm ratio {agreement['norm_ratio']:.4f}"
         )
-    lines += [f"  {phases_line(name, phases)}" for name, phases in results["guided_step_phases_ms"].items()]
-    lines += [f"  {host_line(name, host)}" for name, host in results["guided_step_host_ms"].items()]
+    for label, key in ((PHASES_LABEL, "guided_step_phases_ms"), (HOST_LABEL, "guided_step_host_ms")):
+        lines += [f"  {phases_line(name, label, phases)}" for name, phases in results[key].items()]
     lines += [f"  {profile_line(name, profile)}" for name, profile in results["guided_step_profiles"].items()]
     if "bare_calls_ms" in checks:
         bare = checks["bare_calls_ms"]
