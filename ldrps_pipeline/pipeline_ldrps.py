@@ -277,10 +277,10 @@ class LDRPSPipeline(DiffusionPipeline):
 
         With ``small_networks=True`` also the perceptual features and the alignment networks that each
         image trains (``f`` and the discriminators, through :meth:`AlignmentModule.compile_trainer_networks`).
-        They are left eager by default because compiled they were slower: on an H200 (torch 2.11, bf16,
-        512x512) the alignment training took 19.3 ms per guided step compiled against 16.8 ms eager, and the
-        guidance loss 3.7 against 2.8 ms, all of it host time. Their kernels are small, and a compiled
-        call's host cost (guards, the autograd wrapper) outweighs what fusing them saves.
+        They are left eager by default because the restoration was slower with them compiled: on an H200
+        (torch 2.11, bf16, 512x512, the paper's settings) 61.2 s per image against 58.2 s, most of it in the
+        unguided steps (68.7 against 47.9 ms). Their kernels are small, and a compiled call's host cost
+        (guards, the autograd wrapper) outweighs what fusing them saves.
 
         The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
         ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
@@ -294,10 +294,11 @@ class LDRPSPipeline(DiffusionPipeline):
         that limit when restoring images of many sizes. The VAE's default attention processors become
         :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
         which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``"reduce-overhead"``) failed with ``small_networks=True`` on an H200 (torch 2.11): the alignment
-        module's compiled output was overwritten by its next call before the perceptual features read it
-        (a CUDA-graph replay reuses its output buffers), which torch reported as an error. With only the
-        UNet and the decoder compiled they have not been tried on a GPU yet.
+        (``mode="reduce-overhead"``) are the fastest measured: 49.0 s per image on an H200 against 58.2 s
+        for the default mode, with a private memory pool and new graphs recorded for every new shape. They
+        fail with ``small_networks=True``: the alignment module's compiled output is overwritten by its
+        next call before the perceptual features read it (a CUDA-graph replay reuses its output buffers),
+        which torch reports as an error.
 
         A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
         backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet

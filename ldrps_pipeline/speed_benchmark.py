@@ -1199,9 +1199,12 @@ def run(
 
     if "paper+cudnn-autotune" not in args.skip:
         with cudnn_autotuning():
-            measured_row(
+            autotuned = measured_row(
                 "paper+cudnn-autotune", "paper with torch.backends.cudnn.benchmark = True", pipe, PAPER_SCHEDULE
             )
+            # The compiled rows run with autotuning on, and their eager alignment training took twice paper's
+            # host time (run 5): this row's phases tell whether autotuning is the cause.
+            time_phases(autotuned)
 
     # channels_last for one model at a time (run 1 found both together slower than NCHW, 118.5 s vs 97.6 s).
     for model_name in ("unet", "vae"):
