@@ -95,52 +95,40 @@ def test_xformers_is_switched_on_when_installed_and_usable_unless_switched_off(r
     assert {type(p).__name__ for p in sdpa.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
 
-def test_torch_compile_with_inductor_gives_the_same_result(reference):
+def test_torch_compile_with_inductor_gives_the_same_result(reference, fresh_dynamo):
     image, _ = reference
     expected = restore(tiny_pipeline().to("cuda"), image)
-    torch._dynamo.reset()
-    try:
-        pipe = tiny_pipeline().to("cuda")
-        pipe.enable_torch_compile()
-        assert (restore(pipe, image) - expected).abs().max() < 1e-3
-        small = tiny_image(16, 24, seed=3)
-        assert (restore(pipe, small) - restore(tiny_pipeline().to("cuda"), small)).abs().max() < 1e-3
-    finally:
-        torch._dynamo.reset()
+    pipe = tiny_pipeline().to("cuda")
+    pipe.enable_torch_compile()
+    assert (restore(pipe, image) - expected).abs().max() < 1e-3
+    small = tiny_image(16, 24, seed=3)
+    assert (restore(pipe, small) - restore(tiny_pipeline().to("cuda"), small)).abs().max() < 1e-3
 
 
-def test_cuda_graphs_of_the_compiled_unet_and_decoder_give_the_same_result(reference):
+def test_cuda_graphs_of_the_compiled_unet_and_decoder_give_the_same_result(reference, fresh_dynamo):
     # mode="reduce-overhead" replays CUDA graphs that reuse their output buffers: an output still read after the
     # next replay would be wrong or raise (it raised with small_networks=True, run 4). The one image size keeps
     # this to one compilation.
     image, _ = reference
     expected = restore(tiny_pipeline().to("cuda"), image)
-    torch._dynamo.reset()
-    try:
-        pipe = tiny_pipeline().to("cuda")
-        pipe.enable_torch_compile(mode="reduce-overhead")
-        assert (restore(pipe, image) - expected).abs().max() < 1e-3
-        # A second restoration replays the recorded graphs.
-        assert (restore(pipe, image) - expected).abs().max() < 1e-3
-    finally:
-        torch._dynamo.reset()
+    pipe = tiny_pipeline().to("cuda")
+    pipe.enable_torch_compile(mode="reduce-overhead")
+    assert (restore(pipe, image) - expected).abs().max() < 1e-3
+    # A second restoration replays the recorded graphs.
+    assert (restore(pipe, image) - expected).abs().max() < 1e-3
 
 
-def test_compiled_bfloat16_decoder_gives_the_eager_guidance_gradient():
+def test_compiled_bfloat16_decoder_gives_the_eager_guidance_gradient(fresh_dynamo):
     # On the CPU (torch 2.13) inductor's C++ backend returned an all-zero gradient here, so enable_torch_compile
     # leaves a bf16 CPU decoder uncompiled (examples/inductor_bf16_grad_repro.py has the cause); this checks
     # that the CUDA path, which it does compile, is right.
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    torch._dynamo.reset()
-    try:
-        eager = decoder_gradient(tiny_pipeline().to("cuda", torch.bfloat16), latents)
-        pipe = tiny_pipeline().to("cuda", torch.bfloat16)
-        pipe.enable_torch_compile()
-        assert pipe.vae.decoder._compiled_call_impl is not None
-        agreement = gradient_agreement(decoder_gradient(pipe, latents), eager)
-        assert agreement["cosine"] > 0.99 and 0.9 < agreement["norm_ratio"] < 1.1
-    finally:
-        torch._dynamo.reset()
+    eager = decoder_gradient(tiny_pipeline().to("cuda", torch.bfloat16), latents)
+    pipe = tiny_pipeline().to("cuda", torch.bfloat16)
+    pipe.enable_torch_compile()
+    assert pipe.vae.decoder._compiled_call_impl is not None
+    agreement = gradient_agreement(decoder_gradient(pipe, latents), eager)
+    assert agreement["cosine"] > 0.99 and 0.9 < agreement["norm_ratio"] < 1.1
 
 
 def test_the_cuda_profile_lists_the_host_calls_and_the_operations_that_wait_for_the_card():

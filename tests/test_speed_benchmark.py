@@ -44,6 +44,8 @@ CONFIGS = [
     "fast+compile",
     "paper+compile-small-networks",
 ]
+PROFILED_ROWS = {"paper", "paper+cudnn-autotune", "paper+compile", "paper+compile-small-networks"}
+"""The rows whose guided step is timed phase by phase and profiled."""
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +100,7 @@ def test_runs_every_configuration_and_prints_the_table(run):
 
 def test_phase_breakdown_covers_the_guided_step(run):
     _, _, results, _ = run
-    assert set(results["guided_step_phases_ms"]) == {
-        "paper",
-        "paper+cudnn-autotune",
-        "paper+compile",
-        "paper+compile-small-networks",
-    }
+    assert set(results["guided_step_phases_ms"]) == PROFILED_ROWS
     phases = results["guided_step_phases_ms"]["paper"]
     assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
     assert all(value >= 0 for value in phases.values())
@@ -113,12 +110,7 @@ def test_phase_breakdown_covers_the_guided_step(run):
 
 def test_host_time_of_each_phase_is_reported_and_within_its_synchronised_time(run):
     _, log, results, _ = run
-    assert set(results["guided_step_host_ms"]) == {
-        "paper",
-        "paper+cudnn-autotune",
-        "paper+compile",
-        "paper+compile-small-networks",
-    }
+    assert set(results["guided_step_host_ms"]) == PROFILED_ROWS
     for name, host in results["guided_step_host_ms"].items():
         phases = results["guided_step_phases_ms"][name]
         assert set(host) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward"}
@@ -130,7 +122,7 @@ def test_host_time_of_each_phase_is_reported_and_within_its_synchronised_time(ru
 def test_profiles_of_the_guided_step_are_reported(run):
     _, log, results, _ = run
     profiles = results["guided_step_profiles"]
-    assert set(profiles) == {"paper", "paper+cudnn-autotune", "paper+compile", "paper+compile-small-networks"}
+    assert set(profiles) == PROFILED_ROWS
     for name, profile in profiles.items():
         assert profile["measured"] == "CPU operators (self time)" and profile["steps"] == 6
         assert profile["measured_step_ms"] == pytest.approx(
