@@ -40,6 +40,9 @@ from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler, is_finite_nu
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+DIFFUSERS_DEFAULT_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
+"""diffusers' default attention processors (eager and SDPA)."""
 PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list[PIL.Image.Image] | list[np.ndarray]
 
 
@@ -243,9 +246,8 @@ class LDRPSPipeline(DiffusionPipeline):
     def _default_attention(self) -> bool:
         """Whether every attention layer of the UNet and the VAE still has diffusers' default processor
         (or, in the VAE, the pipeline's :class:`DecoderAttnProcessor`)."""
-        defaults = (AttnProcessor, AttnProcessor2_0, DecoderAttnProcessor)
         return all(
-            type(processor) in defaults
+            type(processor) in (*DIFFUSERS_DEFAULT_PROCESSORS, DecoderAttnProcessor)
             for model in (self.unet, self.vae)
             for processor in model.attn_processors.values()
         )
@@ -255,7 +257,7 @@ class LDRPSPipeline(DiffusionPipeline):
         backward is far faster than SDPA's memory-efficient kernel at the decoder's one 512-wide head) while
         they have diffusers' default processors; xformers, once switched on, and your own processors stay."""
         processors = self.vae.attn_processors.values()
-        if processors and all(type(processor) in (AttnProcessor, AttnProcessor2_0) for processor in processors):
+        if processors and all(type(processor) in DIFFUSERS_DEFAULT_PROCESSORS for processor in processors):
             self.vae.set_attn_processor(DecoderAttnProcessor())
 
     def _use_xformers_if_installed(self, device: torch.device) -> None:

@@ -76,6 +76,7 @@ import platform
 import subprocess
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -842,12 +843,12 @@ def profile_guided_steps(
     }
     if cuda:
         profile["runtime"] = ranked(runtime, 8)
-        syncs: dict[str, int] = {}
-        for warning in caught:
-            if "synchroniz" in str(warning.message):
-                place = f"{Path(warning.filename).name}:{warning.lineno}"
-                syncs[place] = syncs.get(place, 0) + 1
-        profile["syncs"] = {place: calls / guided for place, calls in sorted(syncs.items(), key=lambda i: -i[1])}
+        syncs = Counter(
+            f"{Path(warning.filename).name}:{warning.lineno}"
+            for warning in caught
+            if "synchroniz" in str(warning.message)
+        )
+        profile["syncs"] = {place: calls / guided for place, calls in syncs.most_common()}
     return profile
 
 
@@ -1282,6 +1283,26 @@ def run(
     )
 
     outputs = [reference_image, default_image, paper_image]
+
+    def compiled_rows(mode: str, latents: torch.Tensor, eager_gradient: torch.Tensor) -> None:
+        """Compile ``pipe`` in ``mode``, check its restoration and decoder gradient against eager, and time
+        the paper+compile (with its phases) and fast+compile rows."""
+        compile_start = time.perf_counter()
+        pipe.enable_torch_compile(mode=mode)
+        compiled_image = restore(pipe, image, args.check_steps, args.seed)
+        checks["compile_mode"] = mode
+        checks["compile_seconds"] = round(time.perf_counter() - compile_start, 1)
+        log(f"torch.compile(mode={mode!r}): first {args.check_steps}-step run {checks['compile_seconds']} s")
+        checks[f"compiled_vs_paper_{_dtype_name(half)}"] = difference(compiled_image, paper_image)
+        checks["compiled_decoder_gradient"] = gradient_agreement(decoder_gradient(pipe, latents), eager_gradient)
+        log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
+        outputs.append(compiled_image)
+        described = f"torch.compile(mode={mode!r}) and cudnn.benchmark"
+        compiled = measured_row("paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work)
+        time_phases(compiled)
+        measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
+        checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
     if args.compile is not None:
         # Last, because compiling is in place: the first warm-up steps pay for the compilation.
         # With cuDNN autotuning: the compiled graphs call cuDNN for the convolutions.
@@ -1297,27 +1318,7 @@ def run(
             for mode in args.compile or ["default"]:
                 rows_before = len(rows)
                 try:
-                    compile_start = time.perf_counter()
-                    pipe.enable_torch_compile(mode=mode)
-                    compiled_image = restore(pipe, image, args.check_steps, args.seed)
-                    checks["compile_mode"] = mode
-                    checks["compile_seconds"] = round(time.perf_counter() - compile_start, 1)
-                    log(
-                        f"torch.compile(mode={mode!r}): first {args.check_steps}-step run {checks['compile_seconds']} s"
-                    )
-                    checks[f"compiled_vs_paper_{_dtype_name(half)}"] = difference(compiled_image, paper_image)
-                    checks["compiled_decoder_gradient"] = gradient_agreement(
-                        decoder_gradient(pipe, latents), eager_gradient
-                    )
-                    log(f"compiled vs eager decoder gradient: {checks['compiled_decoder_gradient']}")
-                    outputs.append(compiled_image)
-                    described = f"torch.compile(mode={mode!r}) and cudnn.benchmark"
-                    compiled = measured_row(
-                        "paper+compile", f"paper with {described}", pipe, PAPER_SCHEDULE, work=paper.work
-                    )
-                    time_phases(compiled)
-                    measured_row("fast+compile", f"fast with {described}", fast, FAST_SCHEDULE, work=fast_row.work)
-                    checks["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+                    compiled_rows(mode, latents, eager_gradient)
                     break
                 except Exception as error:
                     checks.setdefault("compile_errors", {})[mode] = repr(error)
