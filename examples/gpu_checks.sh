@@ -27,7 +27,7 @@ if [ "${GPU_TESTS:-1}" != 0 ]; then
   # A plain-PyTorch check of the inductor bf16 gradient bug seen on the CPU (recorded, not fatal).
   python3 examples/inductor_bf16_grad_repro.py cuda 2>&1 | tail -1 | tee "$out/inductor_repro.txt"
 fi
-python3 -m ldrps_pipeline.speed_benchmark --json "$out/speed.json" --commit "$commit" "$@" 2>&1 | tee "$out/log.txt"
+python3 -m ldrps_pipeline.speed_benchmark.command --json "$out/speed.json" --commit "$commit" "$@" 2>&1 | tee "$out/log.txt"
 bench=${PIPESTATUS[0]}
 echo "tests/test_gpu.py exit $tests; speed benchmark exit $bench"
 [ "$tests" -eq 0 ] && exit "$bench"

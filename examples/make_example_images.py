@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ldrps_pipeline.degradations import get_degradation
-from ldrps_pipeline.photos import crop_and_resize, load_photo
+from ldrps_pipeline.evaluation.degradations import get_degradation
+from ldrps_pipeline.evaluation.photos import crop_and_resize, load_photo
 
 EXAMPLES = {
     # output name: (photo, degradation)

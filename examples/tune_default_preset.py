@@ -1,6 +1,6 @@
 """Compare candidate settings of the task-blind ``default`` preset on crops of TRAINING photos.
 
-The held-out photos (``ldrps_pipeline.photos.HELDOUT_PHOTOS``) are what ``ldrps-benchmark`` reports
+The held-out photos (``ldrps_pipeline.evaluation.photos.HELDOUT_PHOTOS``) are what ``ldrps-benchmark`` reports
 on, so the default preset is chosen here on crops of other photos and only then benchmarked there.
 Every candidate overrides fields of ``RecurrentPosteriorScheduler``'s config; the table gives the
 mean PSNR (dB) over the crops per degradation, and the mean gain over the degraded input.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from ldrps_pipeline.benchmark import degradation_seed, evaluate_method, ldrps_method
-from ldrps_pipeline.degradations import BENCHMARK_DEGRADATIONS, get_degradation
-from ldrps_pipeline.loading import load_pipeline
-from ldrps_pipeline.metrics import psnr
-from ldrps_pipeline.photos import TRAIN_PHOTOS, photo_crops
+from ldrps_pipeline.evaluation.degradations import BENCHMARK_DEGRADATIONS, get_degradation
+from ldrps_pipeline.evaluation.metrics import psnr
+from ldrps_pipeline.evaluation.photos import TRAIN_PHOTOS, photo_crops
+from ldrps_pipeline.evaluation.quality_benchmark import degradation_seed, evaluate_method, ldrps_method
+from ldrps_pipeline.hub.loading import load_pipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
 CANDIDATES = {

@@ -6,7 +6,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldrps_pipeline import AlignmentModule, LDRPSPipeline, PerceptualFeatures, RecurrentPosteriorScheduler
-from ldrps_pipeline.byte_tokenizer import byte_level_clip_tokenizer
+from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 TEXT_HIDDEN = 16

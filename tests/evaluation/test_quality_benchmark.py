@@ -8,8 +8,10 @@ import torch
 from command_line import forbid
 from command_line import refused as refused_by_argparse
 
-from ldrps_pipeline import benchmark
-from ldrps_pipeline.benchmark import (
+from ldrps_pipeline.evaluation import quality_benchmark as benchmark
+from ldrps_pipeline.evaluation.degradations import get_degradation
+from ldrps_pipeline.evaluation.metrics import ssim_y
+from ldrps_pipeline.evaluation.quality_benchmark import (
     BenchmarkConfig,
     Crop,
     evaluate_method,
@@ -18,8 +20,6 @@ from ldrps_pipeline.benchmark import (
     run_benchmark,
     write_json,
 )
-from ldrps_pipeline.degradations import get_degradation
-from ldrps_pipeline.metrics import ssim_y
 from tiny_components import tiny_image, tiny_pipeline
 
 CROP = Crop("smooth/0", tiny_image(32, 32))

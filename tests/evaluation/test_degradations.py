@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 from skimage import data, transform
 
-from ldrps_pipeline.degradations import (
+from ldrps_pipeline.evaluation.degradations import (
     BENCHMARK_DEGRADATIONS,
     BicubicDownsample,
     Compose,

@@ -3,12 +3,12 @@
 Every baseline takes a degraded RGB image, ``(B, 3, H, W)`` or ``(3, H, W)`` float in ``[0, 1]``,
 and returns the restored image with the same shape, dtype and device, clamped to ``[0, 1]``.
 Images are processed one by one as float64 NumPy arrays. Noise levels are standard deviations in
-0-255 units, as in :mod:`ldrps_pipeline.degradations`.
+0-255 units, as in :mod:`ldrps_pipeline.evaluation.degradations`.
 
 scikit-image is an optional dependency (``pip install "ldrps-pipeline[bench]"``): it is imported
 only when a baseline that needs it runs.
 
-:data:`BASELINES` maps each name of :data:`~ldrps_pipeline.degradations.BENCHMARK_DEGRADATIONS` to
+:data:`BASELINES` maps each name of :data:`~ldrps_pipeline.evaluation.degradations.BENCHMARK_DEGRADATIONS` to
 its baselines, as ``(name, function)`` pairs that take only the degraded image. Those that need a
 noise level estimate it from the image (they are blind), except the oracle, which is given the
 true blur kernel.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldrps_pipeline.degradations import as_image_batch, bicubic_resize, get_degradation
+from ldrps_pipeline.evaluation.degradations import as_image_batch, bicubic_resize, get_degradation
 
 Baseline = Callable[[Tensor], Tensor]
 """A restoration function: degraded image in, restored image of the same shape out."""
@@ -182,7 +182,7 @@ def richardson_lucy_oracle(image: Tensor, kernel: Tensor, num_iter: int = 30) ->
     """Richardson-Lucy deconvolution (scikit-image) with the TRUE blur kernel: an oracle baseline.
 
     The image is reflect-padded by half the kernel before deconvolution and cropped afterwards,
-    which matches the borders of :class:`~ldrps_pipeline.degradations.GaussianBlur`.
+    which matches the borders of :class:`~ldrps_pipeline.evaluation.degradations.GaussianBlur`.
 
     Args:
         image: the blurred image.

@@ -15,7 +15,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from .loading import resolve_device, resolve_model
+from ldrps_pipeline.hub.loading import resolve_device, resolve_model
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """The seeds ``torch.Generator.manual_seed`` accepts."""
@@ -80,7 +80,7 @@ def checked_json_path(parser: argparse.ArgumentParser, path: Path) -> None:
 
 
 def checked_device(parser: argparse.ArgumentParser, device: str | None) -> torch.device:
-    """The torch device ``device`` (:func:`~ldrps_pipeline.loading.resolve_device`); one this machine cannot
+    """The torch device ``device`` (:func:`~ldrps_pipeline.hub.loading.resolve_device`); one this machine cannot
     use ends the command through ``parser.error`` (exit status 2), before anything is built."""
     try:
         return resolve_device(device)
@@ -90,7 +90,7 @@ def checked_device(parser: argparse.ArgumentParser, device: str | None) -> torch
 
 def checked_model_and_device(parser: argparse.ArgumentParser, model: str, device: str | None) -> torch.device:
     """The torch device ``device`` (:func:`checked_device`), once it and ``model``
-    (:func:`~ldrps_pipeline.loading.resolve_model`) are checked: either failing ends the command through
+    (:func:`~ldrps_pipeline.hub.loading.resolve_model`) are checked: either failing ends the command through
     ``parser.error`` (exit status 2), before anything is loaded."""
     resolved = checked_device(parser, device)
     try:

@@ -15,10 +15,10 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from .arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
-from .loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
-from .pipeline_ldrps import LDRPSPipeline
-from .scheduling_ldrps import PRESETS
+from ldrps_pipeline.cli.arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
+from ldrps_pipeline.hub.loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
+from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
+from ldrps_pipeline.scheduling_ldrps import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:

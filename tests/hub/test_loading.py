@@ -12,10 +12,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 import ldrps_pipeline
-from ldrps_pipeline import AlignmentModule, LDRPSPipeline, RecurrentPosteriorScheduler, hub, loading
-from ldrps_pipeline.demo import demo_model_path
-from ldrps_pipeline.hub import export_for_hub
-from ldrps_pipeline.loading import load_pipeline, resolve_model
+from ldrps_pipeline import AlignmentModule, LDRPSPipeline, RecurrentPosteriorScheduler
+from ldrps_pipeline.hub import export as hub
+from ldrps_pipeline.hub import loading
+from ldrps_pipeline.hub.export import export_for_hub
+from ldrps_pipeline.hub.loading import demo_model_path, load_pipeline, resolve_model
 from tiny_components import tiny_components, tiny_image, tiny_pipeline
 
 PIPELINE_FILE = Path(ldrps_pipeline.__file__).parent / "pipeline_ldrps.py"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
-from . import pipeline_ldrps
-from .loading import load_pipeline, resolve_model
-from .pipeline_ldrps import LDRPSPipeline
+from ldrps_pipeline import pipeline_ldrps
+from ldrps_pipeline.hub.loading import load_pipeline, resolve_model
+from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 
 PACKAGE_DIR = Path(pipeline_ldrps.__file__).parent
 PIPELINE_FILE = Path(pipeline_ldrps.__file__).name

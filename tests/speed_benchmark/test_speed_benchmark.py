@@ -10,8 +10,9 @@ import pytest
 import torch
 from command_line import forbid, refused
 
-from ldrps_pipeline import LDRPSPipeline, speed_benchmark
-from ldrps_pipeline.speed_benchmark import (
+from ldrps_pipeline import LDRPSPipeline
+from ldrps_pipeline.speed_benchmark import command as speed_benchmark
+from ldrps_pipeline.speed_benchmark.command import (
     FAST_SCHEDULE,
     OPTIONAL_ROWS,
     PAPER_SCHEDULE,

@@ -3,10 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage import color, data, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ldrps_pipeline.metrics import psnr, rgb_to_y, ssim, ssim_y
+from ldrps_pipeline.evaluation.metrics import psnr, rgb_to_y, ssim, ssim_y
 
 SKIMAGE_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 1.0}
 
@@ -81,6 +83,24 @@ def test_ssim_of_identical_images_is_one_and_symmetric():
     estimate, reference = image_pair()
     torch.testing.assert_close(ssim_y(reference, reference), torch.ones(2, dtype=torch.float64))
     torch.testing.assert_close(ssim_y(estimate, reference), ssim_y(reference, estimate))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    size=st.integers(11, 40),
+    level=st.floats(0.0, 1.0),
+    spread=st.floats(0.0, 0.3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_ssim_never_exceeds_one_for_identical_or_near_identical_images(seed, size, level, spread, dtype):
+    """Rounding of the local statistics once gave 1.0000005 for two identical images; SSIM is at most 1."""
+    generator = torch.Generator().manual_seed(seed)
+    image = (level + spread * torch.randn(1, 3, size, size, generator=generator)).clamp(0, 1).to(dtype)
+    near = (image + 1e-7 * torch.randn(image.shape, generator=generator).to(dtype)).clamp(0, 1)
+    for other in (image, near):
+        for value in (ssim_y(image, other), ssim(image, other)):
+            assert torch.all(value <= 1) and torch.all(value >= -1), value
 
 
 def test_metrics_promote_half_precision():

@@ -1,6 +1,6 @@
 """Real RGB photos that ship inside installed Python packages, with a fixed train / held-out split.
 
-The project trains its own small latent diffusion model (``ldrps_pipeline.demo_training``) and
+The project trains its own small latent diffusion model (``ldrps_pipeline.demo_training.command``) and
 benchmarks restoration on photos that need no download: they are data files of scikit-image,
 scikit-learn and matplotlib (the optional ``bench`` extra). Only real photographs are used;
 synthetic images (scikit-image's ``colorwheel``, ``chessboard``, ...) and grey-scale images are

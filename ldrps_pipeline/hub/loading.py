@@ -10,10 +10,25 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .alignment_ldrps import AlignmentModule
-from .demo import demo_model_path
-from .pipeline_ldrps import LDRPSPipeline
-from .scheduling_ldrps import RecurrentPosteriorScheduler
+from ldrps_pipeline.alignment_ldrps import AlignmentModule
+from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
+from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
+
+DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo_model"
+"""The project's own small latent diffusion model, shipped inside the package (see demo_model/README.md)."""
+
+
+def demo_model_path() -> Path:
+    """The folder of the bundled demo model, loadable with ``LDRPSPipeline.from_pretrained``.
+
+    Raises:
+        FileNotFoundError: when the installed package carries no demo model.
+    """
+    if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the demo model is not in this installation ({DEMO_MODEL_DIR} has no model_index.json)"
+        )
+    return DEMO_MODEL_DIR
 
 
 def resolve_model(model: str) -> str:

@@ -110,7 +110,10 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
     denominator = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return (numerator / denominator).mean(dim=(1, 2, 3))
+    # Each pixel's SSIM is at most 1 (2 mu_x mu_y <= mu_x^2 + mu_y^2 and 2 cov <= var_x + var_y), but the local
+    # statistics are differences of rounded means, so the ratio can round above 1 (1.0000005 was measured for two
+    # identical images). Clamped per pixel, every mean of the map stays in [-1, 1], since rounding is monotone.
+    return (numerator / denominator).clamp(-1.0, 1.0).mean(dim=(1, 2, 3))
 
 
 def ssim_y(x: Tensor, y: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrps_pipeline import demo_training
+from ldrps_pipeline.demo_training import command as demo_training
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 TINY = [

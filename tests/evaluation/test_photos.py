@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from ldrps_pipeline import photos
+from ldrps_pipeline.evaluation import photos
 
 
 def test_split_is_fixed_and_disjoint() -> None:

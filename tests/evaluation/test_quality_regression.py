@@ -1,6 +1,6 @@
 """Quality regression: LD-RPS with the bundled demo model beats the degraded input and the prior alone.
 
-Runs the benchmark's own methods (``ldrps_pipeline.benchmark``) on the three held-out crops
+Runs the benchmark's own methods (``ldrps_pipeline.evaluation.quality_benchmark``) on the three held-out crops
 (chelsea, coffee, rocket; 32x32), 100 steps + 1 recurrence, and compares mean PSNRs: LD-RPS with
 seed 0 against the degraded input, and against the prior alone (guidance off) averaged over seeds
 0, 1 and 2. An unguided sample does not look at the input, so its PSNR is a random draw (means over
@@ -14,8 +14,14 @@ The thresholds come from ``ldrps-benchmark --size 32 --photos chelsea coffee roc
 
 import pytest
 
-from ldrps_pipeline.benchmark import BenchmarkConfig, benchmark_crops, degradation_seed, evaluate_method, methods_for
-from ldrps_pipeline.degradations import get_degradation
+from ldrps_pipeline.evaluation.degradations import get_degradation
+from ldrps_pipeline.evaluation.quality_benchmark import (
+    BenchmarkConfig,
+    benchmark_crops,
+    degradation_seed,
+    evaluate_method,
+    methods_for,
+)
 
 CONFIG = BenchmarkConfig(
     degradations=("noise", "lowlight"),
@@ -38,7 +44,7 @@ MIN_GAIN_OVER_PRIOR = {"noise": 6.0, "lowlight": 0.1}
 
 @pytest.fixture(scope="module")
 def pipe():
-    from ldrps_pipeline.loading import load_pipeline
+    from ldrps_pipeline.hub.loading import load_pipeline
 
     pipe = load_pipeline("demo")
     pipe.set_progress_bar_config(disable=True)

@@ -1,7 +1,7 @@
 """``ldrps-benchmark``: PSNR and SSIM of LD-RPS and classical baselines on degraded held-out crops.
 
-Every chosen benchmark degradation (:data:`~ldrps_pipeline.degradations.BENCHMARK_DEGRADATIONS`) is
-applied to square crops of the held-out photos (:data:`~ldrps_pipeline.photos.HELDOUT_PHOTOS`), with
+Every chosen benchmark degradation (:data:`~ldrps_pipeline.evaluation.degradations.BENCHMARK_DEGRADATIONS`) is
+applied to square crops of the held-out photos (:data:`~ldrps_pipeline.evaluation.photos.HELDOUT_PHOTOS`), with
 a seed derived from the degradation's and the crop's names (the same crop is always degraded the
 same way, whatever else is benchmarked). Each degraded crop is then scored (PSNR on RGB, SSIM on Y)
 for these methods:
@@ -11,7 +11,7 @@ for these methods:
 - ``ldrps-<preset>``: LD-RPS with the task preset, where one applies (:data:`TASK_PRESETS`);
 - ``ldrps-guidance-off``: preset ``"default"`` with ``posterior_scale = 0``: the prior alone, which
   only sees the input through the captioner's prompt (without a captioner: an unconditional sample);
-- the classical baselines of :func:`~ldrps_pipeline.baselines.get_baselines`; an oracle (a baseline
+- the classical baselines of :func:`~ldrps_pipeline.evaluation.baselines.get_baselines`; an oracle (a baseline
   given the true degradation) is marked in the table.
 
 LD-RPS runs once per seed, the deterministic methods once. The table gives, per degradation and
@@ -48,15 +48,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always installed with diffusers
 
-from .arguments import SEED_RANGE, checked_json_path, checked_model_and_device, float_in, int_in, silenced_libraries
-from .baselines import get_baselines
-from .degradations import BENCHMARK_DEGRADATIONS, get_degradation
-from .loading import load_pipeline, resolve_device
-from .metrics import psnr, ssim_y
-from .photos import HELDOUT_PHOTOS, heldout_crops
-from .pipeline_ldrps import LDRPSPipeline
-from .scheduling_ldrps import RecurrentPosteriorScheduler, is_finite_number
-from .speed_benchmark import git_commit
+from ldrps_pipeline.cli.arguments import (
+    SEED_RANGE,
+    checked_json_path,
+    checked_model_and_device,
+    float_in,
+    int_in,
+    silenced_libraries,
+)
+from ldrps_pipeline.evaluation.baselines import get_baselines
+from ldrps_pipeline.evaluation.degradations import BENCHMARK_DEGRADATIONS, get_degradation
+from ldrps_pipeline.evaluation.metrics import psnr, ssim_y
+from ldrps_pipeline.evaluation.photos import HELDOUT_PHOTOS, heldout_crops
+from ldrps_pipeline.evaluation.provenance import git_commit
+from ldrps_pipeline.hub.loading import load_pipeline, resolve_device
+from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
+from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler, is_finite_number
 
 TASK_PRESETS: Mapping[str, str] = MappingProxyType(
     {"noise": "denoise", "lowlight": "lowlight", "lowlight+noise": "lowlight", "haze": "dehaze"}
@@ -69,11 +76,11 @@ class BenchmarkConfig:
     """What to benchmark.
 
     Args:
-        model: the model name given to :func:`~ldrps_pipeline.loading.load_pipeline` (``"demo"``).
+        model: the model name given to :func:`~ldrps_pipeline.hub.loading.load_pipeline` (``"demo"``).
         degradations: names of benchmark degradations, in table order.
         photos: held-out photos to crop.
         size: side of the square crops in pixels.
-        crops_per_photo: crops per photo (see :func:`~ldrps_pipeline.photos.heldout_crops`).
+        crops_per_photo: crops per photo (see :func:`~ldrps_pipeline.evaluation.photos.heldout_crops`).
         steps: DDIM steps of LD-RPS's pass 0.
         recurrences: LD-RPS passes after pass 0; ``None``: each preset's own value.
         seeds: the LD-RPS seeds; every LD-RPS result is computed for each of them.

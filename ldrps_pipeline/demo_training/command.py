@@ -3,7 +3,7 @@
 One seeded, resumable command trains, in diffusers format:
 
 1. an ``AutoencoderKL`` (4 latent channels, downsampling factor 4) on random crops of the
-   training photos (``ldrps_pipeline.photos.TRAIN_PHOTOS``) with an L1 + MSE + tiny-KL loss; its
+   training photos (``ldrps_pipeline.evaluation.photos.TRAIN_PHOTOS``) with an L1 + MSE + tiny-KL loss; its
    ``scaling_factor`` is then set to 1 / (measured std of the latents);
 2. a ``UNet2DConditionModel`` with cross-attention (epsilon prediction, Stable Diffusion's
    scaled-linear noise schedule) jointly with a small ``CLIPTextModel`` and the byte-level
@@ -16,7 +16,7 @@ with AdamW, linear warm-up and cosine decay driven by the fraction of the budget
 part of each phase at a higher crop size (``--hires-size``). Checkpoints are written under
 ``--work-dir``; re-running the same command continues where it stopped. The training curve goes
 to ``<work-dir>/training_log.json``. At the end the VAE's reconstruction PSNR on held-out 128x128
-crops (``ldrps_pipeline.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
+crops (``ldrps_pipeline.evaluation.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
 ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
 
 Presets: ``--preset cpu`` (default) completes in under 60 minutes on a 2-core CPU;
@@ -25,7 +25,7 @@ Every preset value can be overridden by its own option.
 
 Example::
 
-    python -m ldrps_pipeline.demo_training --output ldrps_pipeline/demo_model --work-dir runs/demo
+    python -m ldrps_pipeline.demo_training.command --output ldrps_pipeline/demo_model --work-dir runs/demo
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ldrps_pipeline.photos import CAPTIONS, HELDOUT_PHOTOS, TRAIN_PHOTOS, heldout_crops, load_photo
+from ldrps_pipeline.evaluation.photos import CAPTIONS, HELDOUT_PHOTOS, TRAIN_PHOTOS, heldout_crops, load_photo
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 __all__ = ["PRESETS", "build_parser", "main", "parse_args", "save_demo_pipeline", "train"]
@@ -569,7 +569,7 @@ def train_unet(args: argparse.Namespace, ctx: dict[str, Any], vae: Any) -> tuple
     """
     from diffusers import DDIMScheduler
 
-    from ldrps_pipeline.byte_tokenizer import byte_level_clip_tokenizer
+    from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 
     device, work, log = ctx["device"], args.work_dir, ctx["log"]
     tokenizer = byte_level_clip_tokenizer()
@@ -723,7 +723,7 @@ def _write_readme(args: argparse.Namespace, log: dict[str, Any], sizes: dict[str
         "",
         "A small latent diffusion model (VAE + UNet + CLIP text encoder + byte-level tokenizer + DDIM",
         "scheduler with Stable Diffusion's noise schedule) trained from scratch by",
-        "`ldrps_pipeline.demo_training` on photos that ship inside scikit-image, scikit-learn and",
+        "`ldrps_pipeline.demo_training.command` on photos that ship inside scikit-image, scikit-learn and",
         "matplotlib. It is a toy prior for tests and demonstrations, not a general image model.",
         "",
         "## Command",
@@ -742,7 +742,7 @@ def _write_readme(args: argparse.Namespace, log: dict[str, Any], sizes: dict[str
         f"- random square crops (side {args.crop_scale_min:g}-1 of the shorter side) resized to "
         f"{args.crop_size}px, the last {args.hires_fraction:.0%} of each phase at {args.hires_size}px; "
         "horizontal flips; brightness/contrast/saturation jitter of up to 10 %",
-        "- captions from `ldrps_pipeline.photos.CAPTIONS`, replaced by the empty caption with "
+        "- captions from `ldrps_pipeline.evaluation.photos.CAPTIONS`, replaced by the empty caption with "
         f"probability {args.text_dropout:g}",
         "",
         "## Models",
@@ -755,7 +755,7 @@ def _write_readme(args: argparse.Namespace, log: dict[str, Any], sizes: dict[str
         f"cross-attention dim {args.text_hidden}, epsilon prediction, EMA weights | {sizes['unet']:,} |",
         f"| text_encoder | CLIPTextModel, hidden {args.text_hidden}, {args.text_layers} layers, "
         f"77 positions, EMA weights | {sizes['text_encoder']:,} |",
-        "| tokenizer | byte-level CLIPTokenizer (`ldrps_pipeline.byte_tokenizer`), vocabulary 514 | - |",
+        "| tokenizer | byte-level CLIPTokenizer (`ldrps_pipeline.demo_training.byte_tokenizer`), vocabulary 514 | - |",
         "| scheduler | DDIMScheduler, scaled-linear betas 0.00085-0.012, 1000 steps, leading spacing | - |",
         "",
         f"All weights (fp32 safetensors) together: {sizes['bytes'] / 1e6:.1f} MB.",
@@ -782,7 +782,7 @@ def _write_readme(args: argparse.Namespace, log: dict[str, Any], sizes: dict[str
 
 
 def _check_size(args: argparse.Namespace) -> dict[str, int]:
-    from ldrps_pipeline.byte_tokenizer import byte_level_clip_tokenizer
+    from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 
     with torch.device("meta"):
         counts = {
@@ -893,9 +893,9 @@ def save_demo_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, o
     """Save the trained prior as a complete ``LDRPSPipeline`` folder (default aligner and posterior scheduler)."""
     from diffusers import DDIMScheduler
 
-    from .alignment_ldrps import AlignmentModule
-    from .pipeline_ldrps import LDRPSPipeline
-    from .scheduling_ldrps import RecurrentPosteriorScheduler
+    from ldrps_pipeline.alignment_ldrps import AlignmentModule
+    from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
+    from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
     pipeline = LDRPSPipeline(
         vae=vae.to("cpu", torch.float32),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage import data, transform
 
-from ldrps_pipeline.baselines import (
+from ldrps_pipeline.evaluation.baselines import (
     BASELINES,
     bicubic_upsample,
     estimate_noise_sigma,
@@ -18,13 +18,13 @@ from ldrps_pipeline.baselines import (
     richardson_lucy_oracle,
     tv_chambolle,
 )
-from ldrps_pipeline.degradations import (
+from ldrps_pipeline.evaluation.degradations import (
     BENCHMARK_DEGRADATIONS,
     BicubicDownsample,
     GaussianNoise,
     get_degradation,
 )
-from ldrps_pipeline.metrics import psnr
+from ldrps_pipeline.evaluation.metrics import psnr
 
 REGISTERED = [
     (name, label, baseline)

@@ -14,9 +14,10 @@ from command_line import refused as refused_by_argparse
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from ldrps_pipeline import LDRPSPipeline, cli
-from ldrps_pipeline.arguments import silenced_libraries
-from ldrps_pipeline.loading import resolve_device, resolve_dtype
+from ldrps_pipeline import LDRPSPipeline
+from ldrps_pipeline.cli import restore as cli
+from ldrps_pipeline.cli.arguments import silenced_libraries
+from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
 from tiny_components import tiny_pipeline
 
 
@@ -149,7 +150,7 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
 def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from ldrps_pipeline import loading
+    from ldrps_pipeline.hub import loading
 
     def offline_download(repo_id, filename):
         raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the local cache")
