@@ -28,6 +28,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, is_xformers_available, logging
 from diffusers.utils.torch_utils import randn_tensor
+from torch.profiler import record_function
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
@@ -43,6 +44,19 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 DIFFUSERS_DEFAULT_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
 """diffusers' default attention processors (eager and SDPA)."""
+PROFILER_RANGES = {
+    "step": "ldrps.step",
+    "unet": "ldrps.unet",
+    "decode": "ldrps.decode",
+    "alignment_training": "ldrps.alignment_training",
+    "guidance_loss": "ldrps.guidance_loss",
+    "guidance_backward": "ldrps.guidance_backward",
+}
+"""The ``torch.profiler.record_function`` ranges a restoration marks, by phase: each denoising step, its UNet
+call(s) (both samples and both CFG branches), each decode of the clean estimates (and the final one), the
+training step of the per-image alignment states, the posterior guidance loss and its backward to the x0
+latent. A profiler (``torch.profiler.profile``) reports each range's host and device time; without one
+they cost a few microseconds per step."""
 PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list[PIL.Image.Image] | list[np.ndarray]
 
 
@@ -431,11 +445,12 @@ class LDRPSPipeline(DiffusionPipeline):
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``x0(z) = (D(z / s) + 1) / 2`` in float32, cropped from the padded grid to ``height x width``."""
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        if getattr(self.vae.config, "shift_factor", None) is not None:
-            latents = latents + self.vae.config.shift_factor
-        images = self.vae.decode(latents, return_dict=False)[0]
-        return ((images.float() + 1) / 2)[..., :height, :width]
+        with record_function(PROFILER_RANGES["decode"]):
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            if getattr(self.vae.config, "shift_factor", None) is not None:
+                latents = latents + self.vae.config.shift_factor
+            images = self.vae.decode(latents, return_dict=False)[0]
+            return ((images.float() + 1) / 2)[..., :height, :width]
 
     def predict_noise(
         self,
@@ -456,12 +471,13 @@ class LDRPSPipeline(DiffusionPipeline):
         model_input = torch.cat([latents, latents]) if classifier_free else latents
         model_input = model_input.to(self.unet.dtype)
         rows = unet_batch_size or model_input.shape[0]
-        prediction = torch.cat(
-            [
-                self.unet(chunk, timestep, encoder_hidden_states=chunk_embeds, return_dict=False)[0]
-                for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
-            ]
-        ).float()
+        with record_function(PROFILER_RANGES["unet"]):
+            prediction = torch.cat(
+                [
+                    self.unet(chunk, timestep, encoder_hidden_states=chunk_embeds, return_dict=False)[0]
+                    for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
+                ]
+            ).float()
         if not classifier_free:
             return prediction
         uncond, cond = prediction.chunk(2)
@@ -510,14 +526,17 @@ class LDRPSPipeline(DiffusionPipeline):
             decoded = [self.decode(latents[:, 0], height, width)]
         decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, num_samples)]
         estimates = torch.stack(decoded, dim=1)
-        for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
-            trainer.train_step(image_estimates, y, cap_perceptual=guided)
+        with record_function(PROFILER_RANGES["alignment_training"]):
+            for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
+                trainer.train_step(image_estimates, y, cap_perceptual=guided)
         if not guided:
             return None
 
         with torch.enable_grad():
-            loss = self.guidance_loss(estimate, degraded, trainers, posterior, timestep, degraded_features)
-            (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
+            with record_function(PROFILER_RANGES["guidance_loss"]):
+                loss = self.guidance_loss(estimate, degraded, trainers, posterior, timestep, degraded_features)
+            with record_function(PROFILER_RANGES["guidance_backward"]):
+                (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
         return gradient
 
     def guidance_loss(
@@ -729,6 +748,8 @@ class LDRPSPipeline(DiffusionPipeline):
                 for t, unet_t in zip(timesteps, torch.tensor(timesteps, device=device), strict=True):
                     if self.interrupt:
                         break
+                    step_range = record_function(PROFILER_RANGES["step"])
+                    step_range.__enter__()
                     noise_pred = self.predict_noise(latents, unet_t, embeds, self.guidance_scale, unet_batch_size)
                     latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                     # The alignment state is trained (and guides) only when the posterior guidance is on.
@@ -764,6 +785,7 @@ class LDRPSPipeline(DiffusionPipeline):
                                 negative_prompt_embeds if self.do_classifier_free_guidance else None,
                                 num_samples,
                             )
+                    step_range.__exit__(None, None, None)
                     step_index += 1
                     progress_bar.update()
 
