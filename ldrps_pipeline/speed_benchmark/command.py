@@ -113,7 +113,7 @@ OPTIONAL_ROWS = (
 """The rows that ``--skip`` may leave out (no other row or check needs them)."""
 
 
-def start(
+def start_benchmark(
     args: argparse.Namespace, log: Callable[[str], None], save: Callable[[dict[str, Any]], None] | None
 ) -> Benchmark:
     """Build the components on the device and the test image: a run's :class:`Benchmark`, before any row."""
@@ -163,7 +163,7 @@ def run(
     ``save`` gets the results so far (``"complete": False``) after every row, so that a run cut short by
     its device lease still leaves every finished row behind, and the final results at the end.
     """
-    bench = start(args, log, save)
+    bench = start_benchmark(args, log, save)
     wanted = set(OPTIONAL_ROWS) - set(args.skip)
     # float32 first: the reference pattern, and the comparison runs that need float32 weights.
     reference_row(bench)
@@ -178,7 +178,9 @@ def run(
     for model_name in ("unet", "vae"):
         if f"paper+{model_name}-channels-last" in wanted:
             channels_last_row(bench, model_name)
-    if "paper+xformers" in wanted and "xformers" in bench.checks:  # recorded by start() where xformers can run
+    if (
+        "paper+xformers" in wanted and "xformers" in bench.checks
+    ):  # recorded by start_benchmark() where xformers can run
         xformers_row(bench, paper)
     if "paper@large" in wanted:
         large_input_row(bench)

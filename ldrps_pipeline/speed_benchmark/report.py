@@ -125,8 +125,8 @@ def row_results(rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def phases_line(name: str, label: str, phases: dict[str, float]) -> str:
-    """One line of milliseconds by phase of ``name``'s guided step (``label``: one of :data:`PHASE_RESULTS`'), for
-    the log and the table."""
+    """One line of milliseconds by phase of ``name``'s guided step (``label``: one of :data:`PHASE_RESULTS`' labels),
+    for the log and the table."""
     return f"{name}'s {label}: " + ", ".join(f"{phase} {value:g}" for phase, value in phases.items())
 
 

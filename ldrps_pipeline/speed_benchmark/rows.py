@@ -390,6 +390,7 @@ def fast_compile_row(bench: Benchmark, fast: Row) -> Row:
 
 
 def compiled_description(bench: Benchmark) -> str:
+    """How the compiled rows are configured, for their descriptions."""
     return f"torch.compile(mode={bench.checks['compile_mode']!r}) and cudnn.benchmark"
 
 
