@@ -9,7 +9,8 @@ import logging
 import pytest
 import torch
 
-from ldrps_pipeline.speed_benchmark.command import decoder_gradient, gradient_agreement, profile_guided_steps
+from ldrps_pipeline.speed_benchmark.checks import decoder_gradient, gradient_agreement
+from ldrps_pipeline.speed_benchmark.profiling import profile_guided_steps
 from tiny_components import tiny_captioner, tiny_image, tiny_pipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,34 +1,20 @@
-"""``ldrps-speed-benchmark`` on CPU with tiny components: the table, the JSON, and the reference-cost pipeline."""
+"""``ldrps-speed-benchmark`` on CPU with tiny components: the rows, the table, the JSON, the saves, and the
+command line's refusals."""
 
 import contextlib
 import io
 import json
 import math
-import time
 
 import pytest
 import torch
 from command_line import forbid, refused
 
-from ldrps_pipeline import LDRPSPipeline
-from ldrps_pipeline.speed_benchmark import command as speed_benchmark
-from ldrps_pipeline.speed_benchmark.command import (
-    FAST_SCHEDULE,
-    OPTIONAL_ROWS,
-    PAPER_SCHEDULE,
-    ReferenceCostPipeline,
-    Schedule,
-    StepCounts,
-    StepWindow,
-    ieee_float32,
-    main,
-    measurement_steps,
-    profile_guided_steps,
-    run_window,
-    step_counts,
-    variant,
-)
-from tiny_components import tiny_image, tiny_pipeline
+from ldrps_pipeline.speed_benchmark import command
+from ldrps_pipeline.speed_benchmark import rows as row_functions
+from ldrps_pipeline.speed_benchmark.command import OPTIONAL_ROWS, main
+from ldrps_pipeline.speed_benchmark.profiling import PHASES
+from ldrps_pipeline.speed_benchmark.rows import RECOMPILE_LIMIT
 
 CONFIGS = [
     "reference",
@@ -53,16 +39,9 @@ PROFILED_ROWS = {"paper", "paper+cudnn-autotune", "paper+compile", "paper+compil
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("speed") / "speed.json"
     output = io.StringIO()
-    # --compile's rows with dynamo's "eager" backend: this checks the benchmark's plumbing in seconds;
-    # inductor (minutes of C++ compilation on CPU) is checked on CUDA by test_gpu.py.
-    compile_with_inductor = LDRPSPipeline.enable_torch_compile
-
-    def compile_with_eager(pipe, **options):
-        compile_with_inductor(pipe, **{**options, "backend": "eager"})
-
     # What the JSON file held after each save.
     snapshots = []
-    run_benchmark = speed_benchmark.run
+    run_benchmark = command.run
 
     def run_recording_saves(args, log=print, save=None):
         def recording_save(results):
@@ -71,12 +50,14 @@ def run(tmp_path_factory):
 
         return run_benchmark(args, log, recording_save)
 
+    # --compile's rows with dynamo's "eager" backend: this checks the benchmark's plumbing in seconds;
+    # inductor (minutes of C++ compilation on CPU) is checked on CUDA by tests/pipeline/test_gpu.py.
+    argv = ["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--compile-backend", "eager"]
     torch._dynamo.reset()  # compiled code is cached per code object, across tests: start empty
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
-            patch.setattr(LDRPSPipeline, "enable_torch_compile", compile_with_eager)
-            patch.setattr(speed_benchmark, "run", run_recording_saves)
-            status = main(["--tiny", "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--json", str(path)])
+            patch.setattr(command, "run", run_recording_saves)
+            status = main([*argv, "--json", str(path)])
     finally:
         torch._dynamo.reset()
     return status, output.getvalue(), json.loads(path.read_text()), snapshots
@@ -96,28 +77,20 @@ def test_runs_every_configuration_and_prints_the_table(run):
     assert "all outputs finite: True" in log
     assert "torch.compile: the first" in log and "compiled_vs_paper_bfloat16" in log
     assert "compiled vs eager decoder gradient (32 px): cosine" in log
-    assert "paper's guided step by phase" in log
+    assert "paper's guided step, host time to issue each phase (ms): unet " in log
 
 
-def test_phase_breakdown_covers_the_guided_step(run):
-    _, _, results, _ = run
-    assert set(results["guided_step_phases_ms"]) == PROFILED_ROWS
-    phases = results["guided_step_phases_ms"]["paper"]
-    assert set(phases) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward", "other", "total"}
-    assert all(value >= 0 for value in phases.values())
-    # guidance_backward is what posterior_gradient spends beyond its timed parts: the backward is real work.
-    assert all(phases[phase] > 0 for phase in ("unet", "decode", "align_train", "guidance_loss", "guidance_backward"))
-
-
-def test_host_time_of_each_phase_is_reported_and_within_its_synchronised_time(run):
+def test_phases_of_the_guided_step_make_up_the_step(run):
     _, log, results, _ = run
     assert set(results["guided_step_host_ms"]) == PROFILED_ROWS
-    for name, host in results["guided_step_host_ms"].items():
-        phases = results["guided_step_phases_ms"][name]
-        assert set(host) == {"unet", "decode", "align_train", "guidance_loss", "guidance_backward"}
-        # The host's part of a phase ends when its call returns, before the closing synchronisation.
-        assert all(0 < host[phase] <= phases[phase] + 0.01 for phase in host)
+    for name, phases in results["guided_step_host_ms"].items():
+        assert set(phases) == {*PHASES, "other", "total"}
+        # Every phase is real work on the host, and with the rest they make up the step (figures rounded to 0.01).
+        assert all(phases[phase] > 0 for phase in PHASES) and phases["other"] >= 0
+        assert sum(phases[phase] for phase in PHASES) + phases["other"] == pytest.approx(phases["total"], abs=0.05)
         assert f"{name}'s guided step, host time to issue each phase (ms): unet " in log
+    # Device kernel times are CUDA's only.
+    assert results["guided_step_device_ms"] == {} and "device time of each phase" not in log
 
 
 def test_profiles_of_the_guided_step_are_reported(run):
@@ -126,6 +99,7 @@ def test_profiles_of_the_guided_step_are_reported(run):
     assert set(profiles) == PROFILED_ROWS
     for name, profile in profiles.items():
         assert profile["measured"] == "CPU operators (self time)" and profile["steps"] == 6
+        assert "phases" not in profile  # they are the results' guided_step_host_ms
         assert profile["measured_step_ms"] == pytest.approx(
             1000 * next(row for row in results["rows"] if row["name"] == name)["measurement"]["guided_step"], abs=0.01
         )
@@ -151,58 +125,6 @@ def test_profiles_of_the_guided_step_are_reported(run):
         assert f"{name}'s guided step: " in log and "s/image); profiled: CPU operators (self time)" in log
 
 
-@pytest.mark.parametrize("guided", [False, True])
-def test_step_window_times_the_steps_asked_for(monkeypatch, guided):
-    pipe = tiny_pipeline()
-    posterior = pipe.posterior_scheduler
-    unet_calls = []
-    timesteps = []
-    original = pipe.predict_noise
-
-    def counted(latents, timestep, *args, **kwargs):
-        unet_calls.append(time.perf_counter())
-        timesteps.append(int(timestep))
-        return original(latents, timestep, *args, **kwargs)
-
-    monkeypatch.setattr(pipe, "predict_noise", counted)
-    window = StepWindow(pipe._execution_device, posterior, guided=guided, warmup=2, steps=3)
-    seconds = run_window(pipe, tiny_image(), window, seed=0)
-    end = time.perf_counter()
-    kinds = [posterior.guidance_enabled(t) for t in timesteps]
-    # The run stopped at the window's end: 2 warm-up + 3 timed steps of the kind, all of the run's steps of it.
-    assert kinds.count(guided) == 5 and window.seen == 5 and kinds[-1] == guided
-    # The window opened after step 2 of the kind and closed after step 5: it holds steps 3 to 5 whole.
-    calls = [call for call, kind in zip(unet_calls, kinds, strict=True) if kind == guided]
-    assert calls[4] - calls[2] <= seconds <= end - calls[1]
-    with pytest.raises(ValueError, match="warmup and steps"):
-        StepWindow(pipe._execution_device, posterior, guided=guided, warmup=0, steps=3)
-
-
-def test_measure_times_free_running_steps_with_the_same_call_arguments(monkeypatch):
-    pipe = tiny_pipeline()
-    batch_sizes = []
-    original = pipe.predict_noise
-
-    def recorded(*args):
-        batch_sizes.append(args[-1])  # unet_batch_size, the last positional argument
-        return original(*args)
-
-    monkeypatch.setattr(pipe, "predict_noise", recorded)
-    m = speed_benchmark.measure(pipe, tiny_image(), warmup=1, guided=2, unguided=1, seed=0, unet_batch_size=2)
-    assert m.free_running_guided_step > 0 and m.free_running_unguided_step > 0
-    # The step-by-step run and both free-running runs all split the UNet batch as asked.
-    assert set(batch_sizes) == {2} and len(batch_sizes) >= 3 * 3
-
-
-def test_profile_covers_exactly_the_guided_steps_asked_for():
-    pipe = tiny_pipeline()
-    profile = profile_guided_steps(pipe, tiny_image(), warmup=1, guided=3, seed=0, top=1000)
-    calls = {entry["name"]: entry["calls_per_step"] for entry in profile["top"]}
-    # One x0 clip (the posterior scheduler's quantile) per step: the window is exactly the 3 guided steps.
-    assert calls["aten::quantile"] == 1.0
-    assert profile["op_ms_per_step"] > 0 and profile["steps"] == 3
-
-
 def test_bare_calls_time_the_unet_and_decoder_outside_the_pipeline(run):
     _, log, results, _ = run
     bare = results["checks"]["bare_calls_ms"]
@@ -216,7 +138,7 @@ def test_results_are_saved_after_every_measured_row(run):
     # A run cut short by its lease leaves every finished row in the JSON file.
     assert [snapshot["complete"] for snapshot in snapshots] == [False] * len(measured) + [True]
     assert [snapshot["rows"][-1]["name"] for snapshot in snapshots[:-1]] == measured
-    assert snapshots[-1] == results and results["settings"]["recompile_limit"] == speed_benchmark.RECOMPILE_LIMIT
+    assert snapshots[-1] == results and results["settings"]["recompile_limit"] == RECOMPILE_LIMIT
 
 
 def test_an_existing_json_file_is_never_overwritten(tmp_path, capsys):
@@ -231,12 +153,12 @@ def test_step_counts_below_one_are_refused(option, capsys):
 
 
 def test_an_unusable_device_is_refused_before_anything_is_built(monkeypatch, capsys):
-    forbid(monkeypatch, speed_benchmark, "build_pipeline", "the components were built")
+    forbid(monkeypatch, command, "build_pipeline", "the components were built")
     assert "device 'nonsense' is not a torch device" in refused(main, capsys, ["--tiny", "--device", "nonsense"])
 
 
 def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monkeypatch):
-    measure = speed_benchmark.measure
+    measure = row_functions.measure
     tiling = []
 
     def measure_or_run_out_of_memory(pipe, image, **kwargs):
@@ -245,26 +167,26 @@ def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monk
             raise torch.OutOfMemoryError("simulated")
         return measure(pipe, image, **kwargs)
 
-    monkeypatch.setattr(speed_benchmark, "measure", measure_or_run_out_of_memory)
+    monkeypatch.setattr(row_functions, "measure", measure_or_run_out_of_memory)
     skip = [row for row in OPTIONAL_ROWS if row != "paper@large"]
     with contextlib.redirect_stdout(io.StringIO()) as output:
         assert main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *skip]) == 0
-    rows = {row["name"]: row for row in json.loads((tmp_path / "s.json").read_text())["rows"]}
-    assert rows["paper@64"]["vae_tiling"] and "paper@64 (tiled VAE)" in output.getvalue()
+    by_name = {row["name"]: row for row in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    assert by_name["paper@64"]["vae_tiling"] and "paper@64 (tiled VAE)" in output.getvalue()
     # Tiling was on for the retry only, and off again for the rows after it.
     assert tiling.count(True) == 1 and not tiling[-1]
 
 
 def test_a_failing_compile_mode_is_recorded_and_the_next_mode_is_tried(tmp_path, monkeypatch, fresh_dynamo):
-    compile_with_inductor = LDRPSPipeline.enable_torch_compile
+    compile_function = torch.compile
 
-    def no_cuda_graphs(pipe, **options):
-        if options["mode"] == "reduce-overhead":
+    def no_cuda_graphs(function, **options):
+        if options.get("mode") == "reduce-overhead":
             raise RuntimeError("simulated: mode reduce-overhead failed")
-        compile_with_inductor(pipe, **{**options, "backend": "eager"})
+        return compile_function(function, **options)
 
-    monkeypatch.setattr(LDRPSPipeline, "enable_torch_compile", no_cuda_graphs)
-    argv = ["--tiny", "--steps-measured", "1", "--skip", *OPTIONAL_ROWS]
+    monkeypatch.setattr(torch, "compile", no_cuda_graphs)
+    argv = ["--tiny", "--steps-measured", "1", "--skip", *OPTIONAL_ROWS, "--compile-backend", "eager"]
     with contextlib.redirect_stdout(io.StringIO()) as output:
         status = main([*argv, "--json", str(tmp_path / "a.json"), "--compile", "reduce-overhead", "default"])
     results = json.loads((tmp_path / "a.json").read_text())
@@ -286,13 +208,14 @@ def test_a_failing_profiler_is_recorded_and_the_run_goes_on(tmp_path, monkeypatc
     def no_profiler(*args, **kwargs):
         raise RuntimeError("simulated: CUPTI unavailable")
 
-    monkeypatch.setattr(speed_benchmark, "profile_guided_steps", no_profiler)
+    monkeypatch.setattr(row_functions, "profile_guided_steps", no_profiler)
     with contextlib.redirect_stdout(io.StringIO()) as output:
         status = main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *OPTIONAL_ROWS])
     results = json.loads((tmp_path / "s.json").read_text())
     assert status == 0 and results["complete"] and results["rows"][-1]["name"] == "fast"
     assert "CUPTI unavailable" in results["checks"]["paper_profile_error"]
-    # The free-running step does not need the profiler: it is still reported.
+    # The free-running step does not need the profiler: it is still reported; the phases come from the profile.
+    assert "paper" not in results["guided_step_host_ms"]
     assert set(results["guided_step_profiles"]["paper"]) == {
         "measured_step_ms",
         "free_running_step_ms",
@@ -356,57 +279,6 @@ def test_checks_are_reported(run):
     assert results["environment"]["diffusers"] and results["settings"]["steps_measured"] == {"guided": 2, "unguided": 1}
 
 
-def test_full_schedule_step_counts():
-    pipe = tiny_pipeline()
-    posterior = pipe.posterior_scheduler
-    # Pass 0 of 450 steps: 899..701 unguided (100), 699..1 guided (350); two recurrences of 225 guided steps.
-    assert step_counts(pipe, posterior, PAPER_SCHEDULE) == StepCounts(unguided=100, guided=800)
-    assert step_counts(pipe, posterior, FAST_SCHEDULE) == StepCounts(unguided=15, guided=60)
-    steps = measurement_steps(pipe, posterior, unguided=5, guided=12)
-    counts = step_counts(pipe, posterior, Schedule(steps=steps, recurrences=0, strength=1.0))
-    assert counts.unguided >= 5 and counts.guided >= 12
-    smaller = step_counts(pipe, posterior, Schedule(steps=steps - 1, recurrences=0, strength=1.0))
-    assert smaller.unguided < 5 or smaller.guided < 12
-
-
-@pytest.mark.parametrize("preset", [None, "lowlight"])
-def test_reference_cost_pipeline_restores_the_same_image(preset):
-    image = tiny_image(24, 40, seed=3)
-    pipe = tiny_pipeline()
-    reference = variant(pipe, ReferenceCostPipeline)
-
-    def restore(p, **kwargs):
-        generator = torch.Generator().manual_seed(0)
-        return p(
-            image,
-            prompt="a photo",
-            num_inference_steps=10,
-            preset=preset,
-            generator=generator,
-            output_type="pt",
-            **kwargs,
-        ).images
-
-    expected = restore(pipe)
-    assert {type(p).__name__ for p in pipe.vae.attn_processors.values()} == {"DecoderAttnProcessor"}
-    result = restore(reference, unet_batch_size=2)
-    # The reference's VAE attention is diffusers' default SDPA (the written-out one is this project's).
-    assert {type(p).__name__ for p in pipe.vae.attn_processors.values()} == {"AttnProcessor2_0"}
-    # Measured: max |diff| < 1e-5 (float32 reassociation of the batched decode, the split UNet calls and the
-    # decoder's attention).
-    assert (result - expected).abs().max() < 1e-4
-
-
-def test_ieee_float32_turns_tf32_off_inside_and_restores_the_settings():
-    def tf32_flags():
-        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-
-    before = tf32_flags()
-    with ieee_float32():
-        assert tf32_flags() == (False, False)
-    assert tf32_flags() == before
-
-
 def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
     path = tmp_path / "speed.json"
     optional = list(OPTIONAL_ROWS)
@@ -417,3 +289,9 @@ def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--tiny", "--skip", "paper"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_an_unknown_compile_backend_is_refused_before_anything_is_built(monkeypatch, capsys):
+    forbid(monkeypatch, command, "build_pipeline", "the components were built")
+    error = refused(main, capsys, ["--tiny", "--compile", "--compile-backend", "nonsense"])
+    assert "argument --compile-backend: 'nonsense' is not a torch.compile backend" in error
