@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class LatentBanks:
     many as half the same number of pixels needs (at least 64).
     """
 
-    def __init__(self, vae: Any, crops: PhotoCrops, compute: Compute, options: Any) -> None:
+    def __init__(self, vae: Any, crops: PhotoCrops, compute: Compute, options: argparse.Namespace) -> None:
         self.vae, self.crops, self.compute = vae, crops, compute
         self.work_dir: Path = options.work_dir
         self.crop_size: int = options.crop_size
