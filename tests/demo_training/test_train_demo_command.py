@@ -1,4 +1,4 @@
-"""End-to-end tests of the demo-model trainer with tiny sizes and budgets of a few steps."""
+"""End-to-end tests of `ldrps-train-demo` (``demo_training.command``) with tiny sizes and budgets of a few steps."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrps_pipeline.demo_training import command as demo_training
+from ldrps_pipeline.demo_training.command import main, parse_args
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 TINY = [
@@ -38,13 +38,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
     root = tmp_path_factory.mktemp("demo")
     output, work = root / "model", root / "work"
     argv = ["--output", str(output), "--work-dir", str(work), *TINY, "--stop-after-steps", "3"]
-    assert demo_training.main(argv) == 0  # VAE steps 1-3, then stops
+    assert main(argv) == 0  # VAE steps 1-3, then stops
     assert (work / "vae_checkpoint.pt").exists()
     assert not (work / "vae").exists() and not output.exists()
-    assert demo_training.main(argv) == 0  # VAE step 4, UNet steps 1-3
+    assert main(argv) == 0  # VAE step 4, UNet steps 1-3
     assert (work / "vae" / "config.json").exists() and (work / "unet_checkpoint.pt").exists()
     assert not output.exists()
-    assert demo_training.main(argv) == 0  # UNet step 4, then the output
+    assert main(argv) == 0  # UNet step 4, then the output
     return output, work, argv
 
 
@@ -66,7 +66,7 @@ def test_resumed_run_continues_instead_of_restarting(trained: tuple[Path, Path, 
 def test_finished_run_is_not_repeated(trained: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture) -> None:
     output, _, argv = trained
     before = (output / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
-    assert demo_training.main(argv) == 0
+    assert main(argv) == 0
     assert "already finished" in capsys.readouterr().out
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
 
@@ -122,26 +122,27 @@ def test_changed_architecture_refuses_to_resume(trained: tuple[Path, Path, list[
     _, work, _ = trained
     argv = ["--output", str(work / "other"), "--work-dir", str(work), *TINY, "--unet-layers", "2"]
     with pytest.raises(SystemExit, match="other model options"):
-        demo_training.main(argv)
+        main(argv)
 
 
 def test_size_limit_is_checked_before_training(tmp_path: Path) -> None:
     argv = ["--output", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"), "--max-mb", "1"]
     with pytest.raises(SystemExit, match="max-mb"):
-        demo_training.main(argv)
+        main(argv)
     assert not (tmp_path / "w").exists()
 
 
-def test_presets_fit_the_size_limit() -> None:
-    for preset in demo_training.PRESETS:
-        args = demo_training.parse_args(["--output", "o", "--work-dir", "w", "--preset", preset])
-        counts = demo_training._check_size(args)
-        assert 4 * sum(counts.values()) <= 40e6
+def test_unset_options_come_from_the_preset_and_set_ones_override_it() -> None:
+    args = parse_args(["--output", "o", "--work-dir", "w", "--preset", "gpu", "--unet-batch", "7"])
+    assert args.unet_batch == 7
+    assert args.vae_batch == 32 and args.vae_channels == (64, 96, 96) and args.crop_size == 128
+    assert args.command == "ldrps-train-demo --output o --work-dir w --preset gpu --unet-batch 7"
 
 
-def test_learning_rate_schedule() -> None:
-    peak = 1e-3
-    assert demo_training.learning_rate(0.0, peak, 0.1) < 0.1 * peak
-    assert demo_training.learning_rate(0.1, peak, 0.1) == pytest.approx(peak)
-    assert demo_training.learning_rate(0.55, peak, 0.1) == pytest.approx(0.51 * peak)
-    assert demo_training.learning_rate(1.0, peak, 0.1) == pytest.approx(0.02 * peak)
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--vae-channels", "8,16"], "exactly 3 values"), (["--crop-size", "40"], "multiples of 16")],
+)
+def test_bad_sizes_are_refused_with_a_clear_error(option: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        parse_args(["--output", "o", "--work-dir", "w", *option])

@@ -1,0 +1,94 @@
+"""The demo model's three trained networks, built from the command's options, and their size limit."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
+
+__all__ = ["check_weight_budget", "count_parameters", "make_text_encoder", "make_unet", "make_vae"]
+
+
+def make_vae(options: argparse.Namespace) -> Any:
+    """The VAE: 3 blocks (downsampling factor 4), 4 latent channels, no attention (fully convolutional)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=options.vae_channels,
+        layers_per_block=options.vae_layers,
+        latent_channels=4,
+        norm_num_groups=options.vae_norm_groups,
+        sample_size=options.hires_size,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+    )
+
+
+def make_unet(options: argparse.Namespace) -> Any:
+    """The UNet: 3 levels, cross-attention on the two lower levels and the middle, epsilon prediction."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=options.hires_size // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=options.unet_channels,
+        layers_per_block=options.unet_layers,
+        norm_num_groups=options.unet_norm_groups,
+        cross_attention_dim=options.text_hidden,
+        attention_head_dim=options.unet_heads,  # diffusers' legacy name: the number of heads
+    )
+
+
+def make_text_encoder(options: argparse.Namespace, tokenizer: Any) -> Any:
+    """A small CLIP text encoder matching the byte-level tokenizer (vocabulary 514, 77 positions)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=options.text_hidden,
+        intermediate_size=4 * options.text_hidden,
+        num_hidden_layers=options.text_layers,
+        num_attention_heads=options.text_heads,
+        max_position_embeddings=77,
+        projection_dim=options.text_hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_weight_budget(options: argparse.Namespace) -> dict[str, int]:
+    """Count the parameters of the three networks (built on the meta device, so nothing is allocated).
+
+    Returns:
+        ``{"vae": ..., "unet": ..., "text_encoder": ...}``.
+
+    Raises:
+        SystemExit: if their fp32 weights would exceed ``--max-mb``.
+    """
+    with torch.device("meta"):
+        counts = {
+            "vae": count_parameters(make_vae(options)),
+            "unet": count_parameters(make_unet(options)),
+            "text_encoder": count_parameters(make_text_encoder(options, byte_level_clip_tokenizer())),
+        }
+    total = 4 * sum(counts.values())
+    if total > options.max_mb * 1e6:
+        raise SystemExit(f"the models would need {total / 1e6:.1f} MB of fp32 weights, over --max-mb {options.max_mb}")
+    return counts

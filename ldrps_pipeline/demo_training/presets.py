@@ -1,0 +1,80 @@
+"""The presets of ``ldrps-train-demo`` and the options that define the models."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["ARCHITECTURE_KEYS", "PRESETS", "architecture"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "vae_minutes": 18.0,
+        "unet_minutes": 36.0,
+        "vae_channels": (32, 64, 64),
+        "vae_layers": 2,
+        "vae_norm_groups": 8,
+        "unet_channels": (64, 128, 128),
+        "unet_layers": 1,
+        "unet_norm_groups": 16,
+        "unet_heads": 4,
+        "text_hidden": 64,
+        "text_layers": 2,
+        "text_heads": 2,
+        "crop_size": 64,
+        "hires_size": 128,
+        "hires_fraction": 0.2,
+        "vae_batch": 16,
+        "unet_batch": 32,
+        "vae_lr": 5e-4,
+        "unet_lr": 4e-4,
+        "latent_bank": 16384,
+    },
+    "gpu": {
+        "vae_minutes": 8.0,
+        "unet_minutes": 22.0,
+        "vae_channels": (64, 96, 96),
+        "vae_layers": 2,
+        "vae_norm_groups": 16,
+        "unet_channels": (64, 128, 128),
+        "unet_layers": 1,
+        "unet_norm_groups": 16,
+        "unet_heads": 4,
+        "text_hidden": 64,
+        "text_layers": 3,
+        "text_heads": 2,
+        "crop_size": 128,
+        "hires_size": 256,
+        "hires_fraction": 0.15,
+        "vae_batch": 32,
+        "unet_batch": 128,
+        "vae_lr": 5e-4,
+        "unet_lr": 4e-4,
+        "latent_bank": 65536,
+    },
+}
+"""Default sizes and budgets per preset; every entry can be overridden by its command-line option."""
+
+ARCHITECTURE_KEYS = (
+    "vae_channels",
+    "vae_layers",
+    "vae_norm_groups",
+    "unet_channels",
+    "unet_layers",
+    "unet_norm_groups",
+    "unet_heads",
+    "text_hidden",
+    "text_layers",
+    "text_heads",
+    "seed",
+)
+"""Options that a resumed run must not change (they define the models)."""
+
+
+def architecture(options: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``ARCHITECTURE_KEYS`` as JSON values (tuples as lists), in the parser's order."""
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in vars(options).items()
+        if key in ARCHITECTURE_KEYS
+    }

@@ -1,0 +1,87 @@
+"""The whole resumable training run: both phases, the VAE's evaluation and the saved demo pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from typing import Any
+
+import torch
+
+from ldrps_pipeline.demo_training.compute import Compute
+from ldrps_pipeline.demo_training.data import PhotoCrops
+from ldrps_pipeline.demo_training.demo_pipeline import save_demo_pipeline, weights_bytes, write_readme
+from ldrps_pipeline.demo_training.models import check_weight_budget
+from ldrps_pipeline.demo_training.phases import train_unet, train_vae
+from ldrps_pipeline.demo_training.presets import architecture
+from ldrps_pipeline.demo_training.resumable_loop import StopRequested
+from ldrps_pipeline.demo_training.training_log import TrainingLog
+from ldrps_pipeline.demo_training.vae_evaluation import heldout_vae_psnr
+from ldrps_pipeline.evaluation.photos import TRAIN_PHOTOS
+
+__all__ = ["train"]
+
+
+def train(options: argparse.Namespace) -> dict[str, Any]:
+    """Run (or continue) the whole training described by parsed ``options``; returns the training-log record.
+
+    Raises:
+        SystemExit: if the models exceed ``--max-mb``, or the work dir holds a run with other model options.
+    """
+    torch.set_num_threads(max(1, options.threads))
+    compute = Compute.choose(options.device, options.precision)
+    counts = check_weight_budget(options)
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    log = TrainingLog.open(options.work_dir, architecture(options), counts)
+    if log.record.get("done") and (options.output / "unet").exists():
+        print(f"already finished; the model is in {options.output}", flush=True)
+        return log.record
+    device_name = compute.device_name()
+    log.record["machine"] = {
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "precision": compute.precision,
+    }
+    log.record["command"] = options.command
+    print(f"device {device_name}, precision {compute.precision}, parameters {counts}", flush=True)
+    crops = PhotoCrops(TRAIN_PHOTOS, compute.device, options.crop_scale_min)
+    try:
+        if (options.work_dir / "vae" / "config.json").exists():
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(options.work_dir / "vae").to(compute.device)
+            print("[vae] already trained; loaded from the work dir", flush=True)
+        else:
+            vae = train_vae(options, compute, crops, log)
+            log.record["vae_heldout_psnr_after_phase"] = heldout_vae_psnr(vae, compute.device, options.eval_crops)
+            print(f"[vae] held-out PSNR {log.record['vae_heldout_psnr_after_phase']:.2f} dB", flush=True)
+            log.save()
+        vae.requires_grad_(False)
+        vae.eval()
+        unet, text_encoder, tokenizer = train_unet(options, compute, crops, log, vae)
+    except StopRequested:
+        log.save()
+        print("stopped after --stop-after-steps; re-run the same command to continue", flush=True)
+        return log.record
+
+    log.record["vae_heldout_psnr"] = heldout_vae_psnr(vae, compute.device, options.eval_crops)
+    options.output.mkdir(parents=True, exist_ok=True)
+    save_demo_pipeline(vae, text_encoder, tokenizer, unet, options.output)
+    size = weights_bytes(options.output)
+    if size > options.max_mb * 1e6:
+        raise SystemExit(f"the saved weights take {size / 1e6:.1f} MB, over --max-mb {options.max_mb}")
+    log.account()
+    log.record["total_minutes"] = round(log.record["wall_seconds"] / 60, 2)
+    log.record["weights_bytes"] = size
+    log.record["done"] = True
+    sizes = {**counts, "bytes": size, "scaling_factor": float(vae.config.scaling_factor)}
+    write_readme(options, log.record, sizes)
+    log.write()
+    print(
+        f"done in {log.record['total_minutes']} min; VAE held-out PSNR {log.record['vae_heldout_psnr']:.2f} dB; "
+        f"weights {size / 1e6:.1f} MB; model in {options.output}",
+        flush=True,
+    )
+    return log.record

@@ -1,0 +1,32 @@
+"""The demo model's networks (``demo_training.models``): built from the options, within the size limit."""
+
+import argparse
+
+import pytest
+
+from ldrps_pipeline.demo_training.command import parse_args
+from ldrps_pipeline.demo_training.models import check_weight_budget, count_parameters, make_vae
+from ldrps_pipeline.demo_training.presets import PRESETS
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_fit_the_size_limit(preset: str) -> None:
+    args = parse_args(["--output", "o", "--work-dir", "w", "--preset", preset])
+    counts = check_weight_budget(args)
+    assert set(counts) == {"vae", "unet", "text_encoder"}
+    assert 4 * sum(counts.values()) <= 40e6
+
+
+def test_weight_budget_counts_what_the_networks_hold() -> None:
+    args = argparse.Namespace(vae_channels=(8, 16, 16), vae_layers=1, vae_norm_groups=4, hires_size=32)
+    vae = make_vae(args)
+    args = parse_args(["--output", "o", "--work-dir", "w", "--vae-channels", "8,16,16", "--vae-layers", "1"])
+    args.vae_norm_groups = 4
+    assert check_weight_budget(args)["vae"] == count_parameters(vae)
+    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 3
+
+
+def test_weight_budget_refuses_models_over_the_limit() -> None:
+    args = parse_args(["--output", "o", "--work-dir", "w", "--max-mb", "1"])
+    with pytest.raises(SystemExit, match="over --max-mb 1"):
+        check_weight_budget(args)
