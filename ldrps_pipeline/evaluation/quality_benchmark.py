@@ -1,4 +1,6 @@
-"""``ldrps-benchmark``: PSNR and SSIM of LD-RPS and classical baselines on degraded held-out crops.
+"""``ldrps-benchmark``: PSNR and SSIM of LD-RPS and classical baselines on degraded held-out crops, or, with
+``--pairs DEGRADED_DIR CLEAN_DIR``, PSNR, SSIM and LPIPS of LD-RPS on your own image pairs
+(:mod:`~ldrps_pipeline.evaluation.paired_images`).
 
 Every chosen benchmark degradation (:data:`~ldrps_pipeline.evaluation.degradations.BENCHMARK_DEGRADATIONS`) is
 applied to square crops of the held-out photos (:data:`~ldrps_pipeline.evaluation.photos.HELDOUT_PHOTOS`), with
@@ -23,26 +25,23 @@ LD-RPS gets the empty prompt unless the pipeline has a captioner, and the paper'
 the empty prompt and the empty negative prompt both CFG branches are the same, and the pipeline then
 runs the UNet once per sample instead of twice (same result, half the cost).
 
-Example (the demo model on a 2-core CPU)::
+Examples (the demo model on a 2-core CPU; a pipeline folder with SD 2.1, a captioner and VGG16 features for the
+paper's benchmarks, as ``examples/ldrps_on_stable_diffusion.py --save`` writes)::
 
     ldrps-benchmark --size 64 --steps 100 --recurrences 1 --seeds 0 1 --json bench.json
+    ldrps-benchmark --pairs lol/eval15/low lol/eval15/high --model sd21-ldrps --preset lowlight --seeds 20 \\
+        --resize 256 --label LOLv1 --json lol.json
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 import zlib
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,12 +57,13 @@ from ldrps_pipeline.cli.arguments import (
 )
 from ldrps_pipeline.evaluation.baselines import get_baselines
 from ldrps_pipeline.evaluation.degradations import BENCHMARK_DEGRADATIONS, get_degradation
-from ldrps_pipeline.evaluation.metrics import psnr, ssim_y
+from ldrps_pipeline.evaluation.methods import DEGRADED_INPUT, Method, evaluate_method, ldrps_method, restorations
+from ldrps_pipeline.evaluation.paired_images import MIN_SIDE, PairsConfig, read_pairs, run_pairs_benchmark
 from ldrps_pipeline.evaluation.photos import HELDOUT_PHOTOS, heldout_crops
-from ldrps_pipeline.evaluation.provenance import git_commit
+from ldrps_pipeline.evaluation.results import BenchmarkResults, Record, environment, format_table, write_json
 from ldrps_pipeline.hub.loading import load_pipeline, resolve_device
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
-from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler, is_finite_number
+from ldrps_pipeline.scheduling_ldrps import PRESETS, is_finite_number
 
 TASK_PRESETS: Mapping[str, str] = MappingProxyType(
     {"noise": "denoise", "lowlight": "lowlight", "lowlight+noise": "lowlight", "haze": "dehaze"}
@@ -126,109 +126,6 @@ class Crop:
     image: Tensor
 
 
-@dataclass(frozen=True)
-class Method:
-    """A restoration method: ``restore(degraded, seed)`` returns the restored (1, 3, H, W) image.
-
-    ``stochastic`` methods run once per seed; the others run once, with ``seed=None``.
-    ``oracle`` marks a method that is given the true degradation.
-    """
-
-    name: str
-    restore: Callable[[Tensor, int | None], Tensor]
-    stochastic: bool = False
-    oracle: bool = False
-
-
-@dataclass(frozen=True)
-class Score:
-    """The scores of one restoration: PSNR (RGB, dB), SSIM (Y), and its run time in seconds."""
-
-    seed: int | None
-    psnr: float
-    ssim_y: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Record:
-    """One scored restoration of one degraded crop."""
-
-    degradation: str
-    method: str
-    crop: str
-    seed: int | None
-    psnr: float
-    ssim_y: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One row of the table: mean and standard deviation over seeds of the per-seed means over crops."""
-
-    degradation: str
-    method: str
-    oracle: bool
-    psnr_mean: float
-    psnr_std: float
-    ssim_y_mean: float
-    ssim_y_std: float
-    crops: int
-    seeds: int
-
-
-@dataclass
-class BenchmarkResults:
-    """Everything a benchmark run measured, with the configuration and the environment it ran in."""
-
-    config: BenchmarkConfig
-    environment: dict[str, Any]
-    records: list[Record] = field(default_factory=list)
-    oracles: set[str] = field(default_factory=set)
-
-    def summary(self) -> list[Summary]:
-        """One :class:`Summary` per (degradation, method), in the order they were measured."""
-        groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
-        for record in self.records:
-            groups[record.degradation, record.method].append(record)
-        rows = []
-        for (degradation, method), records in groups.items():
-            psnr_mean, psnr_std = _mean_std_over_seeds(records, "psnr")
-            ssim_mean, ssim_std = _mean_std_over_seeds(records, "ssim_y")
-            rows.append(
-                Summary(
-                    degradation=degradation,
-                    method=method,
-                    oracle=method in self.oracles,
-                    psnr_mean=psnr_mean,
-                    psnr_std=psnr_std,
-                    ssim_y_mean=ssim_mean,
-                    ssim_y_std=ssim_std,
-                    crops=len({r.crop for r in records}),
-                    seeds=len({r.seed for r in records}),
-                )
-            )
-        return rows
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict: ``config``, ``environment``, ``summary`` and every ``record``."""
-        return {
-            "config": asdict(self.config),
-            "environment": self.environment,
-            "summary": [asdict(row) for row in self.summary()],
-            "records": [asdict(record) for record in self.records],
-        }
-
-
-def _mean_std_over_seeds(records: Sequence[Record], metric: str) -> tuple[float, float]:
-    by_seed: dict[int | None, list[float]] = defaultdict(list)
-    for record in records:
-        by_seed[record.seed].append(getattr(record, metric))
-    means = [statistics.fmean(values) for values in by_seed.values()]
-    return statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0
-
-
 def benchmark_crops(config: BenchmarkConfig) -> list[Crop]:
     """The held-out crops of ``config``, named ``"<photo>/<index>"``.
 
@@ -251,51 +148,11 @@ def degradation_seed(degradation: str, crop: str) -> int:
     return zlib.crc32(f"{degradation}/{crop}".encode())
 
 
-@contextmanager
-def swapped_posterior_scheduler(pipe: LDRPSPipeline, posterior: RecurrentPosteriorScheduler) -> Iterator[None]:
-    """Use ``posterior`` as the pipeline's posterior scheduler inside the ``with`` block, then restore the original."""
-    original = pipe.posterior_scheduler
-    pipe.posterior_scheduler = posterior
-    try:
-        yield
-    finally:
-        pipe.posterior_scheduler = original
-
-
-def ldrps_method(
-    pipe: LDRPSPipeline,
-    name: str,
-    posterior: RecurrentPosteriorScheduler,
-    steps: int,
-    recurrences: int | None,
-) -> Method:
-    """An LD-RPS :class:`Method` that runs ``pipe`` with the posterior scheduler ``posterior``.
-
-    The prompt is ``""`` unless ``pipe`` has a captioner, which then writes it. ``pipe`` is left as
-    it was after every call.
-    """
-
-    def restore(degraded: Tensor, seed: int | None) -> Tensor:
-        captioned = pipe.captioner is not None
-        with swapped_posterior_scheduler(pipe, posterior):
-            output = pipe(
-                degraded,
-                prompt=None if captioned else "",
-                num_inference_steps=steps,
-                recurrences=recurrences,
-                generator=torch.Generator().manual_seed(seed),
-                output_type="pt",
-            )
-        return output.images.cpu()
-
-    return Method(name, restore, stochastic=True)
-
-
 def methods_for(pipe: LDRPSPipeline, degradation: str, config: BenchmarkConfig) -> list[Method]:
     """The methods benchmarked on ``degradation``, in table order (see the module docstring)."""
     guided = {} if config.posterior_scale is None else {"posterior_scale": config.posterior_scale}
     presets = ["default"] + ([TASK_PRESETS[degradation]] if degradation in TASK_PRESETS else [])
-    methods = [Method("input", lambda degraded, seed: degraded)]
+    methods = [DEGRADED_INPUT]
     for preset in presets:
         posterior = pipe.posterior_scheduler.with_preset(preset, **guided)
         methods.append(ldrps_method(pipe, f"ldrps-{preset}", posterior, config.steps, config.recurrences))
@@ -306,51 +163,13 @@ def methods_for(pipe: LDRPSPipeline, degradation: str, config: BenchmarkConfig) 
     return methods
 
 
-def evaluate_method(method: Method, clean: Tensor, degraded: Tensor, seeds: Sequence[int]) -> list[Score]:
-    """Restore ``degraded`` with ``method`` (once per seed if it is stochastic) and score it against ``clean``."""
-    scores = []
-    for seed in seeds if method.stochastic else [None]:
-        start = time.perf_counter()
-        restored = method.restore(degraded, seed)
-        seconds = time.perf_counter() - start
-        scores.append(
-            Score(
-                seed=seed,
-                psnr=float(psnr(restored, clean)[0]),
-                ssim_y=float(ssim_y(restored, clean)[0]),
-                seconds=seconds,
-            )
-        )
-    return scores
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(pipe: LDRPSPipeline) -> dict[str, Any]:
-    """The software and machine a benchmark runs on: commit, versions, CPU, threads and accelerator."""
-    import diffusers
-
-    device = pipe.device
-    return {
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
+def describe_run(config: BenchmarkConfig, crops: int) -> str:
+    """The table's note on what was run."""
+    recurrences = "per preset" if config.recurrences is None else config.recurrences
+    return (
+        f"{crops} crops, seeds {list(config.seeds)}, {config.steps} steps, recurrences {recurrences}; "
+        "mean ± std over seeds of the mean over crops."
+    )
 
 
 def run_benchmark(
@@ -368,7 +187,8 @@ def run_benchmark(
         progress: show a progress bar (one tick per restoration).
 
     Returns:
-        The :class:`BenchmarkResults`; ``environment["seconds"]`` is the total run time.
+        The :class:`~ldrps_pipeline.evaluation.results.BenchmarkResults`; ``environment["seconds"]`` is the total
+        run time.
     """
     start = time.perf_counter()
     if pipe is None:
@@ -377,7 +197,7 @@ def run_benchmark(
     crops = benchmark_crops(config) if crops is None else crops
     results = BenchmarkResults(config=config, environment=environment(pipe))
     plan = [(degradation, methods_for(pipe, degradation, config)) for degradation in config.degradations]
-    total = sum(len(crops) * (len(config.seeds) if m.stochastic else 1) for _, methods in plan for m in methods)
+    total = sum(restorations(methods, len(crops), config.seeds) for _, methods in plan)
     with tqdm(total=total, disable=not progress, unit="image", desc="ldrps-benchmark") as bar:
         for degradation, methods in plan:
             results.oracles.update(m.name for m in methods if m.oracle)
@@ -388,41 +208,15 @@ def run_benchmark(
                     for score in evaluate_method(method, crop.image, degraded, config.seeds):
                         results.records.append(Record(degradation, method.name, crop.name, **asdict(score)))
                         bar.update()
+    results.notes.append(describe_run(config, len(crops)))
     results.environment["seconds"] = round(time.perf_counter() - start, 1)
     return results
 
 
-def format_table(results: BenchmarkResults) -> str:
-    """A markdown table, one row per degradation and method, with PSNR and SSIM as ``mean ± std`` over seeds."""
-    rows = results.summary()
-    lines = ["| degradation | method | PSNR (dB) | SSIM (Y) |", "|---|---|---|---|"]
-    for row in rows:
-        label = f"{row.method} (oracle)" if row.oracle else row.method
-        lines.append(
-            f"| {row.degradation} | {label} | {row.psnr_mean:.2f} ± {row.psnr_std:.2f} "
-            f"| {row.ssim_y_mean:.4f} ± {row.ssim_y_std:.4f} |"
-        )
-    config = results.config
-    lines.append("")
-    lines.append(
-        f"{len({r.crop for r in results.records})} crops, seeds {list(config.seeds)}, "
-        f"{config.steps} steps, recurrences {'per preset' if config.recurrences is None else config.recurrences}; "
-        "mean ± std over seeds of the mean over crops."
-    )
-    if results.oracles:
-        lines.append("(oracle): given the true degradation, not blind.")
-    return "\n".join(lines)
-
-
-def write_json(results: BenchmarkResults, path: Path) -> None:
-    """Write ``results.to_json()`` to ``path``, a new file (parent folders are created).
-
-    Raises:
-        FileExistsError: when ``path`` exists; it is never overwritten.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("x") as file:
-        file.write(json.dumps(results.to_json(), indent=2) + "\n")
+CROPS_OPTIONS = ("degradations", "photos", "size", "crops_per_photo", "posterior_scale")
+"""The options of the held-out crops run (``None`` when not given)."""
+PAIRS_OPTIONS = ("preset", "resize", "label")
+"""The options that only ``--pairs`` takes (``None`` when not given)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,42 +224,102 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldrps-benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
     parser.add_argument(
-        "--degradations",
-        nargs="+",
-        choices=list(BENCHMARK_DEGRADATIONS),
-        default=list(BENCHMARK_DEGRADATIONS),
-        metavar="NAME",
-        help=f"degradations to benchmark (default: all of {', '.join(BENCHMARK_DEGRADATIONS)})",
+        "--steps",
+        type=int_in(1),
+        default=None,
+        help="DDIM steps of LD-RPS's pass 0 (default 450; --pairs: the preset's)",
     )
-    parser.add_argument(
-        "--photos",
-        nargs="+",
-        choices=list(HELDOUT_PHOTOS),
-        default=list(HELDOUT_PHOTOS),
-        metavar="PHOTO",
-        help=f"held-out photos to crop (default: all of {', '.join(HELDOUT_PHOTOS)})",
-    )
-    parser.add_argument(
-        "--size", type=int_in(16), default=128, help="crop side in pixels, a multiple of 4 (default 128)"
-    )
-    parser.add_argument("--crops-per-photo", type=int_in(1), default=1, help="crops per photo (default 1)")
-    parser.add_argument("--steps", type=int_in(1), default=450, help="DDIM steps of LD-RPS's pass 0 (default 450)")
     parser.add_argument(
         "--recurrences", type=int_in(0), default=None, help="LD-RPS recurrences (default: each preset's)"
     )
     parser.add_argument("--seeds", type=int_in(*SEED_RANGE), nargs="+", default=[0], help="LD-RPS seeds (default: 0)")
-    parser.add_argument(
-        "--posterior-scale",
-        type=float_in(0),
-        default=None,
-        help="posterior scale (>= 0) of every guided LD-RPS run (default: the presets')",
-    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--json", type=Path, default=None, metavar="OUT.json", help="write every value to this new file"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars, no library warnings")
+    crops = parser.add_argument_group("the held-out crops (without --pairs)")
+    crops.add_argument(
+        "--degradations",
+        nargs="+",
+        choices=list(BENCHMARK_DEGRADATIONS),
+        default=None,
+        metavar="NAME",
+        help=f"degradations to benchmark (default: all of {', '.join(BENCHMARK_DEGRADATIONS)})",
+    )
+    crops.add_argument(
+        "--photos",
+        nargs="+",
+        choices=list(HELDOUT_PHOTOS),
+        default=None,
+        metavar="PHOTO",
+        help=f"held-out photos to crop (default: all of {', '.join(HELDOUT_PHOTOS)})",
+    )
+    crops.add_argument(
+        "--size", type=int_in(16), default=None, help="crop side in pixels, a multiple of 4 (default 128)"
+    )
+    crops.add_argument("--crops-per-photo", type=int_in(1), default=None, help="crops per photo (default 1)")
+    crops.add_argument(
+        "--posterior-scale",
+        type=float_in(0),
+        default=None,
+        help="posterior scale (>= 0) of every guided LD-RPS run (default: the presets')",
+    )
+    pairs = parser.add_argument_group("your own pairs")
+    pairs.add_argument(
+        "--pairs",
+        nargs=2,
+        type=Path,
+        default=None,
+        metavar=("DEGRADED_DIR", "CLEAN_DIR"),
+        help="score LD-RPS on the images of DEGRADED_DIR against those of CLEAN_DIR with the same file stem",
+    )
+    pairs.add_argument("--preset", choices=sorted(PRESETS), default=None, help="LD-RPS preset (default: default)")
+    pairs.add_argument(
+        "--resize",
+        type=int_in(MIN_SIDE),
+        default=None,
+        metavar="N",
+        help="restore and score both images of a pair at NxN, as the paper's 256x256 protocol (default: their own "
+        "size, which must then be the same)",
+    )
+    pairs.add_argument("--label", default=None, help="the pairs' name in the table (default: DEGRADED_DIR's name)")
     return parser
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    return ["--" + name.replace("_", "-") for name in names if getattr(args, name) is not None]
+
+
+def _pairs_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PairsConfig:
+    given = _given(args, CROPS_OPTIONS)
+    if given:
+        parser.error(f"{', '.join(given)}: options of the held-out crops, not of --pairs")
+    return PairsConfig(
+        degraded_dir=str(args.pairs[0]),
+        clean_dir=str(args.pairs[1]),
+        model=args.model,
+        preset=args.preset or "default",
+        steps=args.steps,
+        recurrences=args.recurrences,
+        seeds=tuple(args.seeds),
+        resize=args.resize,
+        label=args.label,
+        device=args.device,
+    )
+
+
+def _crops_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchmarkConfig:
+    given = _given(args, PAIRS_OPTIONS)
+    if given:
+        parser.error(f"{', '.join(given)}: options of --pairs, not of the held-out crops")
+    options = {name: getattr(args, name) for name in (*CROPS_OPTIONS, "steps") if getattr(args, name) is not None}
+    for name in ("degradations", "photos"):
+        if name in options:
+            options[name] = tuple(options[name])
+    return BenchmarkConfig(
+        model=args.model, seeds=tuple(args.seeds), recurrences=args.recurrences, device=args.device, **options
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,20 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         checked_json_path(parser, args.json)
     checked_model_and_device(parser, args.model, args.device)
     try:
-        config = BenchmarkConfig(
-            model=args.model,
-            degradations=tuple(args.degradations),
-            photos=tuple(args.photos),
-            size=args.size,
-            crops_per_photo=args.crops_per_photo,
-            steps=args.steps,
-            recurrences=args.recurrences,
-            seeds=tuple(args.seeds),
-            posterior_scale=args.posterior_scale,
-            device=args.device,
-        )
-        with silenced_libraries() if args.quiet else nullcontext():
-            results = run_benchmark(config, progress=not args.quiet)
+        if args.pairs is not None:
+            config = _pairs_config(parser, args)
+            try:
+                pair_set = read_pairs(config)
+            except (ValueError, OSError) as error:
+                parser.error(f"argument --pairs: {error}")
+            if pair_set.match.unmatched_message():
+                print(f"ldrps-benchmark: warning: {pair_set.match.unmatched_message()}", file=sys.stderr)
+            with silenced_libraries() if args.quiet else nullcontext():
+                results = run_pairs_benchmark(config, pair_set=pair_set, progress=not args.quiet)
+        else:
+            config = _crops_config(parser, args)
+            with silenced_libraries() if args.quiet else nullcontext():
+                results = run_benchmark(config, progress=not args.quiet)
     except (ValueError, OSError) as error:
         print(f"ldrps-benchmark: error: {error}", file=sys.stderr)
         return 2

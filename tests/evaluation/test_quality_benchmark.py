@@ -10,16 +10,10 @@ from command_line import refused as refused_by_argparse
 
 from ldrps_pipeline.evaluation import quality_benchmark as benchmark
 from ldrps_pipeline.evaluation.degradations import get_degradation
+from ldrps_pipeline.evaluation.methods import evaluate_method
 from ldrps_pipeline.evaluation.metrics import ssim_y
-from ldrps_pipeline.evaluation.quality_benchmark import (
-    BenchmarkConfig,
-    Crop,
-    evaluate_method,
-    format_table,
-    methods_for,
-    run_benchmark,
-    write_json,
-)
+from ldrps_pipeline.evaluation.quality_benchmark import BenchmarkConfig, Crop, methods_for, run_benchmark
+from ldrps_pipeline.evaluation.results import format_table, write_json
 from tiny_components import tiny_image, tiny_pipeline
 
 CROP = Crop("smooth/0", tiny_image(32, 32))
@@ -158,7 +152,7 @@ def test_command_line(tmp_path, capsys):
     assert captured.err == ""  # --quiet: no loading bars, no progress bar
     assert "| sr_x4 | bicubic |" in table and "| sr_x4 | ldrps-guidance-off |" in table
     data = json.loads(out.read_text())
-    assert {r["crop"] for r in data["records"]} == {"chelsea/0"} and data["config"]["model"] == str(model)
+    assert {r["image"] for r in data["records"]} == {"chelsea/0"} and data["config"]["model"] == str(model)
     assert benchmark.main([*argv[:7], "18", "--quiet"]) == 2
     assert "size must be a multiple of 4" in capsys.readouterr().err
 

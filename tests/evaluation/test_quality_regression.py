@@ -15,13 +15,8 @@ The thresholds come from ``ldrps-benchmark --size 32 --photos chelsea coffee roc
 import pytest
 
 from ldrps_pipeline.evaluation.degradations import get_degradation
-from ldrps_pipeline.evaluation.quality_benchmark import (
-    BenchmarkConfig,
-    benchmark_crops,
-    degradation_seed,
-    evaluate_method,
-    methods_for,
-)
+from ldrps_pipeline.evaluation.methods import evaluate_method
+from ldrps_pipeline.evaluation.quality_benchmark import BenchmarkConfig, benchmark_crops, degradation_seed, methods_for
 
 CONFIG = BenchmarkConfig(
     degradations=("noise", "lowlight"),

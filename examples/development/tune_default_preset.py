@@ -7,8 +7,8 @@ mean PSNR (dB) over the crops per degradation, and the mean gain over the degrad
 
 Example (the demo model, 2-core CPU; the two halves of the degradations in two processes)::
 
-    OMP_NUM_THREADS=1 python examples/tune_default_preset.py --degradations noise lowlight --json a.json &
-    OMP_NUM_THREADS=1 python examples/tune_default_preset.py --degradations haze blur --json b.json
+    OMP_NUM_THREADS=1 python examples/development/tune_default_preset.py --degradations noise lowlight --json a.json &
+    OMP_NUM_THREADS=1 python examples/development/tune_default_preset.py --degradations haze blur --json b.json
 """
 
 import argparse
@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from ldrps_pipeline.evaluation.degradations import BENCHMARK_DEGRADATIONS, get_degradation
+from ldrps_pipeline.evaluation.methods import evaluate_method, ldrps_method
 from ldrps_pipeline.evaluation.metrics import psnr
 from ldrps_pipeline.evaluation.photos import TRAIN_PHOTOS, photo_crops
-from ldrps_pipeline.evaluation.quality_benchmark import degradation_seed, evaluate_method, ldrps_method
+from ldrps_pipeline.evaluation.quality_benchmark import degradation_seed
 from ldrps_pipeline.hub.loading import load_pipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 

@@ -20,7 +20,7 @@ The cause, traced in torch 2.13.0's inductor:
   backend calls ``recompute_size_and_body``, so CUDA's Triton backend should not take this path;
   ``examples/gpu_checks.sh`` runs this script on CUDA to confirm it.
 
-    python examples/inductor_bf16_grad_repro.py [cpu|cuda]
+    python examples/development/inductor_bf16_grad_repro.py [cpu|cuda]
 
 Prints the gradient of eager mode, of inductor's default and of inductor with ``layout_optimization``
 off. Exit status 1 when inductor's default gradient is wrong.

@@ -1,6 +1,6 @@
 """Write the degraded example images of examples/images/ from held-out photos (never seen by the demo model).
 
-Run: python examples/make_example_images.py   (needs the `bench` extra: scikit-image, scikit-learn, matplotlib)
+Run: python examples/development/make_example_images.py   (needs the `bench` extra: scikit-image, scikit-learn, matplotlib)
 """
 
 from pathlib import Path
@@ -21,7 +21,7 @@ EXAMPLES = {
 
 
 def main() -> None:
-    folder = Path(__file__).parent / "images"
+    folder = Path(__file__).parents[1] / "images"
     folder.mkdir(exist_ok=True)
     for index, (name, (photo, degradation)) in enumerate(EXAMPLES.items()):
         image = load_photo(photo)
