@@ -11,7 +11,32 @@ import PIL.Image
 import torch
 from tokenizers import AddedToken
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import Qwen2Tokenizer
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    BlipImageProcessorPil,
+    CLIPImageProcessorPil,
+    Florence2Config,
+    Florence2ForConditionalGeneration,
+    Florence2Processor,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
+    SiglipImageProcessorPil,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 # A chat template in the Qwen2-VL / ChatML layout: an image placeholder, then the text, per turn.
 CHATML_TEMPLATE = (
@@ -87,8 +112,6 @@ def tiny_qwen2_vl() -> tuple:
     it, and the processor type-checks it even when absent), so the processor here is the real class
     with the video half left out; the image half, the chat template and the image tokens are Qwen2-VL's.
     """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -112,7 +135,7 @@ def tiny_qwen2_vl() -> tuple:
         vision_end_token_id=ids["<|vision_end|>"],
     )
     processor = Qwen2VLImageOnlyProcessor(
-        image_processor=Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56),
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 84),
         tokenizer=tokenizer,
         chat_template=CHATML_TEMPLATE.replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"),
     )
@@ -122,7 +145,6 @@ def tiny_qwen2_vl() -> tuple:
 def tiny_llava() -> tuple:
     """A tiny LlavaForConditionalGeneration (CLIP vision tower, Llama text model) and a LlavaProcessor
     with the LLaVA-1.5 chat template."""
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = byte_level_tokenizer(["</s>", "<s>", "<image>"])
     config = LlavaConfig(
@@ -158,12 +180,6 @@ def tiny_llava() -> tuple:
 def tiny_idefics3() -> tuple:
     """A tiny Idefics3ForConditionalGeneration (the SmolVLM-Instruct architecture) and an Idefics3Processor
     that splits the image into 32 px tiles plus a global view, with the SmolVLM chat template."""
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
 
     specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
     specials += ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
@@ -197,7 +213,6 @@ def tiny_idefics3() -> tuple:
 
 def tiny_blip2() -> tuple:
     """A tiny Blip2ForConditionalGeneration (ViT, Q-Former with two queries, OPT decoder) and a Blip2Processor."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
     tokenizer = byte_level_tokenizer(["</s>", "<image>"], bos_token="</s>")
     config = Blip2Config(
@@ -241,8 +256,6 @@ def tiny_blip2() -> tuple:
 
 def tiny_paligemma() -> tuple:
     """A tiny PaliGemmaForConditionalGeneration (SigLIP vision tower, Gemma decoder) and a PaliGemmaProcessor."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers import SiglipImageProcessorPil
 
     tokenizer = byte_level_tokenizer(["<eos>", "<bos>", "<image>"], bos_token="<bos>")
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
@@ -272,8 +285,6 @@ def tiny_paligemma() -> tuple:
 
 def tiny_florence2() -> tuple:
     """A tiny Florence2ForConditionalGeneration (DaViT vision tower, BART encoder-decoder) and a Florence2Processor."""
-    from transformers import CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration
-    from transformers import Florence2Processor
 
     tokenizer = byte_level_tokenizer(
         ["</s>", "<s>", "<image>"], bos_token="<s>", extra_special_tokens={"image_token": "<image>"}

@@ -47,6 +47,11 @@ class CaptionerChoice:
         """The bfloat16 weights alone: 2 bytes a parameter, in GB."""
         return round(2 * self.parameters_billion, 1)
 
+    @property
+    def needs_torchvision(self) -> bool:
+        """Whether its processor needs torchvision (see :func:`processor_needs_torchvision`)."""
+        return processor_needs_torchvision(self.family)
+
 
 CAPTIONERS: tuple[CaptionerChoice, ...] = (
     CaptionerChoice(
@@ -55,7 +60,7 @@ CAPTIONERS: tuple[CaptionerChoice, ...] = (
         2.25,
         5.5,
         "Apache-2.0",
-        "recommended: follows the LD-RPS instruction through its chat template; needs no torchvision",
+        "recommended: follows the LD-RPS instruction through its chat template",
     ),
     CaptionerChoice(
         "HuggingFaceTB/SmolVLM-256M-Instruct",
@@ -71,7 +76,7 @@ CAPTIONERS: tuple[CaptionerChoice, ...] = (
         2.21,
         6.0,
         "Apache-2.0",
-        "chat template; its processor needs torchvision; image tokens grow with the image's pixels",
+        "chat template; its image tokens (and memory) grow with the image's pixels",
     ),
     CaptionerChoice(
         "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -79,7 +84,7 @@ CAPTIONERS: tuple[CaptionerChoice, ...] = (
         3.75,
         9.0,
         "Qwen research licence (see its model card)",
-        "chat template; its processor needs torchvision; image tokens grow with the image's pixels",
+        "chat template; its image tokens (and memory) grow with the image's pixels",
     ),
     CaptionerChoice(
         "OpenGVLab/InternVL3-1B-hf",
@@ -87,7 +92,7 @@ CAPTIONERS: tuple[CaptionerChoice, ...] = (
         0.94,
         3.0,
         "see its model card",
-        "chat template; the transformers-native ('-hf') conversion of the reference's family; needs torchvision",
+        "chat template; the transformers-native ('-hf') conversion of the reference captioner's family",
     ),
     CaptionerChoice(
         "llava-hf/llava-1.5-7b-hf",
@@ -103,7 +108,7 @@ CAPTIONERS: tuple[CaptionerChoice, ...] = (
         3.87,
         8.5,
         "MIT",
-        "prompted 'Question: <instruction> Answer:'; not instruction-tuned, answers tersely",
+        "prompted 'Question: <instruction> Answer:'; its OPT decoder is not instruction-tuned",
     ),
     CaptionerChoice(
         "florence-community/Florence-2-base",
@@ -132,12 +137,12 @@ RECOMMENDED_CAPTIONER = CAPTIONERS[0].repo_id
 def captioner_table() -> str:
     """:data:`CAPTIONERS` as a Markdown table, for the README and the model card."""
     rows = [
-        "| captioner | parameters | bf16 weights | bf16 memory (est.) | licence | notes |",
-        "|---|---|---|---|---|---|",
+        "| captioner | parameters | bf16 weights | bf16 memory (est.) | needs torchvision | licence | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows += [
         f"| `{c.repo_id}` | {c.parameters_billion:g} B | {c.bf16_weights_gb:g} GB | ~{c.bf16_memory_gb:g} GB | "
-        f"{c.licence} | {c.notes} |"
+        f"{'yes' if c.needs_torchvision else 'no'} | {c.licence} | {c.notes} |"
         for c in CAPTIONERS
     ]
     return "\n".join(rows)
@@ -185,17 +190,20 @@ def _config(captioner: str, revision: str | None, token: str | bool | None) -> A
     return config
 
 
-def _processor_needs_missing_torchvision(config: Any) -> bool:
-    """Whether the processor of ``config``'s family takes a video processor (which needs torchvision) and
-    torchvision is not installed: transformers 5 then cannot build it, even to process images alone."""
-    if importlib.util.find_spec("torchvision") is not None:
-        return False
-    processor_class = getattr(transformers, PROCESSOR_MAPPING_NAMES.get(config.model_type) or "", None)
+def torchvision_installed() -> bool:
+    """Whether torchvision can be imported here (the project itself does not need it)."""
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def processor_needs_torchvision(model_type: str) -> bool:
+    """Whether the processor of the ``model_type`` family takes a video processor: transformers 5 then
+    cannot build it without torchvision, even to process images alone."""
+    processor_class = getattr(transformers, PROCESSOR_MAPPING_NAMES.get(model_type) or "", None)
     return processor_class is not None and "video_processor" in inspect.signature(processor_class.__init__).parameters
 
 
 def _processor(captioner: str, config: Any, revision: str | None, token: str | bool | None) -> Any:
-    if _processor_needs_missing_torchvision(config):
+    if processor_needs_torchvision(config.model_type) and not torchvision_installed():
         raise ImportError(
             f"the processor of captioner {captioner!r} ({config.model_type}) needs torchvision, which is not "
             "installed: install the torchvision build that matches your torch, or choose a captioner whose "
