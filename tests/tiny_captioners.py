@@ -100,6 +100,19 @@ def _tiny_llama_text(tokenizer, **overrides) -> dict:
     }
 
 
+def _tiny_vit(image_size: int, patch_size: int, **overrides) -> dict:
+    """A one-layer ViT-style vision config (CLIP, SigLIP, Idefics3, BLIP-2) seeing ``image_size`` px in ``patch_size`` px patches."""
+    return {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        **overrides,
+    }
+
+
 def _built(model_class, config):
     torch.manual_seed(0)
     return model_class(config).eval()
@@ -145,23 +158,13 @@ def tiny_qwen2_vl() -> tuple:
 def tiny_llava() -> tuple:
     """A tiny LlavaForConditionalGeneration (CLIP vision tower, Llama text model) and a LlavaProcessor
     with the LLaVA-1.5 chat template."""
-
     tokenizer = byte_level_tokenizer(["</s>", "<s>", "<image>"])
     config = LlavaConfig(
         text_config={
             "model_type": "llama",
             **_tiny_llama_text(tokenizer, bos_token_id=tokenizer.convert_tokens_to_ids("<s>")),
         },
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 28,
-            "patch_size": 14,
-            "projection_dim": 16,
-        },
+        vision_config=_tiny_vit(28, 14, model_type="clip_vision_model", num_hidden_layers=2, projection_dim=16),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
     )
@@ -180,7 +183,6 @@ def tiny_llava() -> tuple:
 def tiny_idefics3() -> tuple:
     """A tiny Idefics3ForConditionalGeneration (the SmolVLM-Instruct architecture) and an Idefics3Processor
     that splits the image into 32 px tiles plus a global view, with the SmolVLM chat template."""
-
     specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
     specials += ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     tokenizer = byte_level_tokenizer(specials, bos_token="<|im_start|>")
@@ -193,14 +195,7 @@ def tiny_idefics3() -> tuple:
                 eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
             ),
         },
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_tiny_vit(32, 8),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
@@ -213,17 +208,9 @@ def tiny_idefics3() -> tuple:
 
 def tiny_blip2() -> tuple:
     """A tiny Blip2ForConditionalGeneration (ViT, Q-Former with two queries, OPT decoder) and a Blip2Processor."""
-
     tokenizer = byte_level_tokenizer(["</s>", "<image>"], bos_token="</s>")
     config = Blip2Config(
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-        },
+        vision_config=_tiny_vit(32, 16),
         qformer_config={
             "hidden_size": 16,
             "num_hidden_layers": 1,
@@ -256,22 +243,12 @@ def tiny_blip2() -> tuple:
 
 def tiny_paligemma() -> tuple:
     """A tiny PaliGemmaForConditionalGeneration (SigLIP vision tower, Gemma decoder) and a PaliGemmaProcessor."""
-
     tokenizer = byte_level_tokenizer(["<eos>", "<bos>", "<image>"], bos_token="<bos>")
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
     image_processor.image_seq_length = 4  # (32 / 16) ** 2 patches
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     config = PaliGemmaConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-            "projection_dim": 16,
-        },
+        vision_config=_tiny_vit(32, 16, model_type="siglip_vision_model", projection_dim=16),
         text_config={
             "model_type": "gemma",
             **_tiny_llama_text(tokenizer, bos_token_id=tokenizer.bos_token_id, head_dim=8),
@@ -285,7 +262,6 @@ def tiny_paligemma() -> tuple:
 
 def tiny_florence2() -> tuple:
     """A tiny Florence2ForConditionalGeneration (DaViT vision tower, BART encoder-decoder) and a Florence2Processor."""
-
     tokenizer = byte_level_tokenizer(
         ["</s>", "<s>", "<image>"], bos_token="<s>", extra_special_tokens={"image_token": "<image>"}
     )
