@@ -97,11 +97,7 @@ def caption_prompt(model: Any, processor: Any, instruction: str | None = None) -
 
 def _model_inputs(processor: Any, image: PIL.Image.Image, prompt: str | None, model: Any) -> dict[str, torch.Tensor]:
     """The processor's tensors for one image, on the model's device, floating ones in its dtype (no labels)."""
-    encoded = (
-        processor(images=image, return_tensors="pt")
-        if prompt is None
-        else processor(images=image, text=prompt, return_tensors="pt")
-    )
+    encoded = processor(images=image, return_tensors="pt", **({} if prompt is None else {"text": prompt}))
     device, dtype = model.device, model.dtype
     return {
         key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
