@@ -68,7 +68,7 @@ def image_to_tensor(image: PipelineImageInput) -> torch.Tensor:
     raise ValueError(f"image must be a PIL image, numpy array, torch tensor or a list of them, got {type(image)}")
 
 
-def per_image_texts(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
+def _per_image_texts(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
     """One text per image: a string for every image, or a list of ``batch_size`` strings (``None`` stays ``None``)."""
     if value is None:
         return None
@@ -81,7 +81,7 @@ def per_image_texts(value: str | list[str] | None, batch_size: int, name: str) -
     return value
 
 
-def per_image_generators(
+def _per_image_generators(
     generator: torch.Generator | list[torch.Generator] | None, batch_size: int
 ) -> list[torch.Generator | None]:
     """One generator per image: a list of ``batch_size`` generators, or the one given (or ``None``) for every image."""
@@ -90,3 +90,21 @@ def per_image_generators(
             raise ValueError(f"got {len(generator)} generators for a batch of {batch_size} images")
         return generator
     return [generator] * batch_size
+
+
+def per_image_inputs(
+    image: PipelineImageInput,
+    prompt: str | list[str] | None,
+    negative_prompt: str | list[str] | None,
+    generator: torch.Generator | list[torch.Generator] | None,
+) -> tuple[torch.Tensor, list[str] | None, list[str], list[torch.Generator | None]]:
+    """The inputs of a call, validated: the images as one float32 batch (B, 3, H, W) in [0, 1]
+    (:func:`image_to_tensor`), and one prompt (``None``: none given), one negative prompt (``None`` is ``""``)
+    and one generator per image."""
+    degraded = image_to_tensor(image)
+    batch_size = degraded.shape[0]
+    prompts = _per_image_texts(prompt, batch_size, "prompt")
+    negative_prompts = _per_image_texts(
+        "" if negative_prompt is None else negative_prompt, batch_size, "negative_prompt"
+    )
+    return degraded, prompts, negative_prompts, _per_image_generators(generator, batch_size)

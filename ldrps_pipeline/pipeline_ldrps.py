@@ -14,10 +14,9 @@ so that diffusers' remote-code loader, which copies only a pipeline file's direc
 finds them all when this file is used as ``custom_pipeline`` or from a Hub export.
 """
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,16 +27,18 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, is_xformers_available, logging
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch.profiler import record_function
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .attention_ldrps import DecoderAttnProcessor, has_default_attention, use_vae_attention
+from .attention_ldrps import DecoderAttnProcessor, use_vae_attention, use_xformers_if_installed
 from .captioning_ldrps import caption_images
-from .guidance_ldrps import PerceptualDistanceToFeatures, posterior_loss
-from .inputs_ldrps import PipelineImageInput, image_to_tensor, per_image_generators, per_image_texts
+from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
+from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, PosteriorGuidance, PosteriorState
+from .inputs_ldrps import PipelineImageInput, per_image_inputs
+from .options_ldrps import SpeedAndMemoryOptions
 from .perceptual_ldrps import PerceptualFeatures
 from .scheduling_ldrps import (
     PRESETS,
@@ -52,14 +53,7 @@ logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-PROFILER_RANGES = {
-    "step": "ldrps.step",
-    "unet": "ldrps.unet",
-    "decode": "ldrps.decode",
-    "alignment_training": "ldrps.alignment_training",
-    "guidance_loss": "ldrps.guidance_loss",
-    "guidance_backward": "ldrps.guidance_backward",
-}
+PROFILER_RANGES = {"step": "ldrps.step", "unet": "ldrps.unet", "decode": "ldrps.decode", **GUIDANCE_PROFILER_RANGES}
 """The ``torch.profiler.record_function`` ranges a restoration marks, by phase: each denoising step, its UNet
 call(s) (both samples and both CFG branches), each decode of the clean estimates (and the final one), the
 training step of the per-image alignment states, the posterior guidance loss and its backward to the x0
@@ -81,74 +75,7 @@ class LDRPSPipelineOutput(BaseOutput):
     prompts: list[str]
 
 
-@dataclass
-class TextConditioning:
-    """The UNet's text conditioning during a call.
-
-    Args:
-        prompt_embeds: the prompts' embeddings, one row per image (a step-end callback sees and may replace them).
-        negative_prompt_embeds: the negative prompts' likewise, or ``None`` without CFG.
-        num_samples: S, the latents per image.
-        cfg_embeds: the UNet batch's rows built from them: [uncond of every sample, cond of every sample], or
-            only the conditional rows without CFG or when both embeddings are equal (``uncond + s * (cond -
-            uncond)`` is then ``cond``: the UNet batch halves and the result is the same).
-    """
-
-    prompt_embeds: torch.Tensor
-    negative_prompt_embeds: torch.Tensor | None
-    num_samples: int
-    cfg_embeds: torch.Tensor
-
-    @classmethod
-    def build(
-        cls, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, num_samples: int, cfg: bool
-    ) -> "TextConditioning":
-        """The conditioning of ``num_samples`` samples per image, with CFG rows when ``cfg`` is on."""
-        cond = prompt_embeds.repeat_interleave(num_samples, dim=0)
-        cfg_embeds = cond
-        if cfg and negative_prompt_embeds is not None and not torch.equal(negative_prompt_embeds, prompt_embeds):
-            cfg_embeds = torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])
-        return cls(prompt_embeds, negative_prompt_embeds, num_samples, cfg_embeds)
-
-
-@dataclass
-class PosteriorState:
-    """What the posterior guidance works with during one call: built once per call, before the sampling,
-    and dropped with the call (:meth:`LDRPSPipeline.posterior_guidance`).
-
-    Args:
-        trainers: each image's fresh alignment state (``f``, ``D_f``, ``D_g`` and their optimisers).
-        degraded: ``y``, (B, 3, H, W).
-        num_samples: S, the latents per image (sample 0 is the result).
-        scale: the guidance step size at this image size (``RecurrentPosteriorScheduler.scale_for``).
-        exposure_patch_size: the pooling size of the exposure loss.
-        perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
-        degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
-    """
-
-    trainers: list[AlignmentTrainer]
-    degraded: torch.Tensor
-    num_samples: int
-    scale: float
-    exposure_patch_size: int
-    perceptual_distance: PerceptualDistanceToFeatures | None
-    degraded_features: torch.Tensor | None
-
-    def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
-        """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of
-        ``f``, on the estimates of all its samples (``estimates``: (B, S, 3, H, W), detached); ``cap_perceptual``
-        below the guidance gate."""
-        for trainer, image_estimates, y in zip(self.trainers, estimates, self.degraded.split(1), strict=True):
-            trainer.train_step(image_estimates, y, cap_perceptual=cap_perceptual)
-
-    def shift_sample_zero(self, latents: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """``latents`` (B * S, C, h, w) with ``shift`` (B, C, h, w) added to sample 0 of every image."""
-        latents = latents.unflatten(0, (self.degraded.shape[0], self.num_samples))
-        latents[:, 0] += shift
-        return latents.flatten(0, 1)
-
-
-class LDRPSPipeline(DiffusionPipeline):
+class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline):
     """Zero-shot unified image restoration with a text-to-image latent diffusion prior (LD-RPS).
 
     A captioner describes what the clean image should show; DDIM sampling from noise is steered
@@ -259,91 +186,10 @@ class LDRPSPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------------
     # Speed options
     # ----------------------------------------------------------------------------------------
-    @property
-    def xformers_attention(self) -> bool | None:
-        """Whether xformers attention was switched on (``True``) or off (``False``) explicitly, or ``None``:
-        left to the pipeline, which switches it on at the first CUDA call when xformers is installed."""
-        return self._xformers_attention
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
-        """diffusers' switch behind ``enable_/disable_xformers_memory_efficient_attention``; the choice is
-        remembered, so that the automatic switch-on of the first CUDA call never overrides it."""
-        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
-        self._xformers_attention = valid
-
-    def _use_xformers_if_installed(self, device: torch.device) -> None:
-        """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
-        switched on or off explicitly or the attention processors are not diffusers' defaults; otherwise, or
-        when the installed xformers cannot run here (with a warning), the attention stays as it is (SDPA)."""
-        if device.type != "cuda" or self._xformers_attention is not None or not is_xformers_available():
-            return
-        if not has_default_attention(self.unet, self.vae):
-            return  # the user's own attention processors are never replaced
-        try:
-            self.enable_xformers_memory_efficient_attention()
-        except Exception as error:  # installed, but e.g. built without kernels for this card or torch
-            logger.warning(f"xformers is installed but cannot be used here ({error!r}); keeping SDPA attention.")
-            self.disable_xformers_memory_efficient_attention()
-
-    def enable_torch_compile(self, small_networks: bool = False, **compile_options: Any) -> None:
-        """Compile the big modules that every step runs with ``torch.compile``: the UNet and the VAE decoder.
-
-        With ``small_networks=True`` also the perceptual features and the alignment networks that each
-        image trains (``f`` and the discriminators, through :meth:`AlignmentModule.compile_trainer_networks`).
-        They are left eager by default because the restoration was slower with them compiled: on an H200
-        (torch 2.11, bf16, 512x512, the paper's settings) 61.2 s per image against 58.2 s, most of it in the
-        unguided steps (68.7 against 47.9 ms). Their kernels are small, and a compiled call's host cost
-        (guards, the autograd wrapper) outweighs what fusing them saves.
-
-        The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
-        ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
-        e.g. ``mode="max-autotune-no-cudagraphs"`` or ``backend``. The first steps pay for the
-        compilation, and the decoder compiles once more when its backward first runs below the guidance
-        gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
-        anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
-        relational of symbolic sizes) once a second shape made them dynamic. After dynamo's
-        ``torch._dynamo.config.recompile_limit`` versions of one function (8 by default; each size,
-        batch, grad mode and autocast state is one) further shapes run eagerly, with a warning: raise
-        that limit when restoring images of many sizes. The VAE's default attention processors become
-        :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
-        which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``mode="reduce-overhead"``) are the fastest measured: 49.0 s per image on an H200 against 58.2 s
-        for the default mode, with a private memory pool and new graphs recorded for every new shape. They
-        fail with ``small_networks=True``: the alignment module's compiled output is overwritten by its
-        next call before the perceptual features read it (a CUDA-graph replay reuses its output buffers),
-        which torch reports as an error.
-
-        A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
-        backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet
-        followed by the nearest-upsampling convolution), which silently switched the guidance off. Its
-        fusion pass re-reads a node's dependencies without the renames of a mutated buffer, so the cast
-        of the upsampling's scatter-add result runs before the scatter-add (traced in
-        ``examples/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
-        this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
-        """
-        if self._xformers_attention is None:
-            # No switch-on of xformers at the first CUDA call: it would change the compiled modules' attention
-            # afterwards, and inductor compiles SDPA (diffusers' default) while xformers' kernels are opaque to it.
-            # The attention processors themselves are left as they are.
-            self._xformers_attention = False
-        use_vae_attention(
-            self.vae, self.vae_attention_processor
-        )  # before compiling: the processors are traced with the decoder
-        compile_options.setdefault("dynamic", False)
-        self.unet.compile(**compile_options)
-        inductor = compile_options.get("backend", "inductor") == "inductor"
-        if inductor and self.vae.dtype == torch.bfloat16 and self.vae.device.type == "cpu":
-            logger.warning(
-                "enable_torch_compile: the VAE decoder is left uncompiled, because inductor's C++ backend "
-                "(torch 2.13) gave all-zero guidance gradients through a bfloat16 decoder on the CPU. Call "
-                "enable_torch_compile after moving the pipeline to the GPU, or use float32 on the CPU."
-            )
-        else:
-            self.vae.decoder.compile(**compile_options)
-        if small_networks:
-            if self.perceptual is not None:
-                self.perceptual.compile(**compile_options)
-            self.aligner.compile_trainer_networks(**compile_options)
+    def _use_vae_attention(self) -> None:
+        """The VAE's attention layers get :attr:`vae_attention_processor` while they have diffusers' default
+        processors or :class:`DecoderAttnProcessor` (``attention_ldrps.use_vae_attention``)."""
+        use_vae_attention(self.vae, self.vae_attention_processor)
 
     # ----------------------------------------------------------------------------------------
     # Steps of a restoration
@@ -397,6 +243,21 @@ class LDRPSPipeline(DiffusionPipeline):
                 "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
             )
         return posterior
+
+    def _plan_passes(
+        self,
+        posterior: RecurrentPosteriorScheduler,
+        num_inference_steps: int | None,
+        recurrences: int | None,
+        strength: float | None,
+    ) -> tuple[list[list[int]], list[list[GuidanceWeights | None]]]:
+        """The timesteps of every pass (pass 0 over the full schedule, then each recurrence over its tail) and the
+        guidance of each of their steps (``RecurrentPosteriorScheduler.guidance_plan``), planned once per call."""
+        if num_inference_steps is None:
+            num_inference_steps = posterior.config.num_inference_steps
+        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
+        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+        return passes, [posterior.guidance_plan(timesteps) for timesteps in passes]
 
     def _prompts(
         self, prompts: list[str] | None, degraded: torch.Tensor, posterior: RecurrentPosteriorScheduler
@@ -477,7 +338,7 @@ class LDRPSPipeline(DiffusionPipeline):
         By default one batched UNet call covers all samples and both CFG branches;
         ``unet_batch_size`` splits that batch into calls of at most that many rows (less memory, slower).
         ``embeds`` decides the CFG: twice as many rows as ``latents`` means [uncond, cond] (see
-        ``_cfg_embeddings``), as many rows means the conditional prediction alone.
+        :class:`TextConditioning`), as many rows means the conditional prediction alone.
         """
         classifier_free = embeds.shape[0] == 2 * latents.shape[0]
         model_input = torch.cat([latents, latents]) if classifier_free else latents
@@ -551,10 +412,7 @@ class LDRPSPipeline(DiffusionPipeline):
         unet_batch_size: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> LDRPSPipelineOutput | tuple:
         """Restore degraded images.
@@ -591,7 +449,7 @@ class LDRPSPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         # 0. Inputs, before any model runs: the arguments checked, the preset resolved, the images read with one
-        #    prompt and one generator each, and the pass plan with each step's guidance (Recurrence; Guidance 2).
+        #    prompt and one generator each, the passes planned (Recurrence) with the guidance of each step (Guidance 2).
         self.check_inputs(
             num_inference_steps,
             recurrences,
@@ -603,25 +461,16 @@ class LDRPSPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         posterior = self._posterior_scheduler(preset)
-        degraded = image_to_tensor(image)
+        degraded, prompts, negative_prompts, generators = per_image_inputs(image, prompt, negative_prompt, generator)
         batch_size, _, height, width = degraded.shape
-        prompts = per_image_texts(prompt, batch_size, "prompt")
-        negative_prompts = per_image_texts(
-            "" if negative_prompt is None else negative_prompt, batch_size, "negative_prompt"
-        )
-        generators = per_image_generators(generator, batch_size)
         device = self._execution_device
-        self._use_xformers_if_installed(device)
-        use_vae_attention(self.vae, self.vae_attention_processor)
+        use_xformers_if_installed(self, device)
+        self._use_vae_attention()
         degraded = degraded.to(device)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
-        if num_inference_steps is None:
-            num_inference_steps = posterior.config.num_inference_steps
-        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
-        guidance_plans = [posterior.guidance_plan(timesteps) for timesteps in passes]
-        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+        passes, guidance_plans = self._plan_passes(posterior, num_inference_steps, recurrences, strength)
 
         # 1. Text prompt (Components: text prompt): the given one, else the captioner's description of the clean image.
         prompts = self._prompts(prompts, degraded, posterior)
@@ -643,6 +492,9 @@ class LDRPSPipeline(DiffusionPipeline):
 
         # 5. Recurrent posterior sampling (Recurrence): each step the UNet with CFG, the DDIM update with the x0
         #    clip (Components: sampler, x0 clipping), the posterior guidance (Alignment module; Guidance), the callback.
+        step_end = None
+        if callback_on_step_end is not None:
+            step_end = partial(run_step_end_callback, self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         step_index = 0
         advice = self._out_of_memory_advice(batch_size, height, width, num_samples, unet_batch_size)
         with advice, self.progress_bar(total=self._num_timesteps) as progress_bar:
@@ -665,10 +517,8 @@ class LDRPSPipeline(DiffusionPipeline):
                         latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
                         if state is not None:
                             latents = self.posterior_guidance(latents, pred_original_sample, weights, state)
-                        if callback_on_step_end is not None:
-                            latents, text = self._step_end_callback(
-                                callback_on_step_end, callback_on_step_end_tensor_inputs, step_index, t, latents, text
-                            )
+                        if step_end is not None:
+                            latents, text = step_end(step_index, t, latents, text)
                     step_index += 1
                     progress_bar.update()
 
@@ -681,140 +531,7 @@ class LDRPSPipeline(DiffusionPipeline):
             return images, prompts
         return LDRPSPipelineOutput(images=images, prompts=prompts)
 
-    def posterior_guidance(
-        self,
-        latents: torch.Tensor,
-        pred_original_sample: torch.Tensor,
-        weights: GuidanceWeights | None,
-        state: PosteriorState,
-    ) -> torch.Tensor:
-        """One step's posterior guidance, after its DDIM update: the alignment states trained on every sample's
-        clean estimate, and below the guidance gate sample 0 of every image moved along the gradient of the
-        guidance loss (ALGORITHM.md, "Alignment module" steps 1-2 and "Guidance (posterior) term" steps 1-5).
-
-        An intended extension point: a subclass may override it to change what the posterior guidance of a step
-        does or costs, and nothing else (the speed benchmark's ``ReferenceCostPipeline`` decodes and
-        backpropagates every sample at every step, as the reference code does). An override should keep the
-        profiler ranges of :data:`PROFILER_RANGES` around the same phases.
-
-        Args:
-            latents: ``z_{t-1}`` of all samples, (B * S, C, h, w), from the DDIM update.
-            pred_original_sample: their clipped x0 latents ``z0_hat``, (B * S, C, h, w).
-            weights: the guidance loss weights at this step, or ``None`` at or above the guidance gate
-                (``RecurrentPosteriorScheduler.guidance_plan``).
-            state: the call's :class:`PosteriorState`.
-
-        Returns:
-            ``z_{t-1}``, with ``g = grad(-scale * L, z0_hat)`` added to sample 0 of every image below the gate.
-        """
-        guided = weights is not None
-        # Guidance 1: x = x0(z0_hat) of every sample, with a graph to z0_hat only for sample 0 and when guided.
-        z0, estimate, estimates = self._decode_estimates(pred_original_sample, state, graph=guided)
-        # Alignment module 1-2: D_f, then f, take one Adam step on the (detached) estimates of all samples.
-        with record_function(PROFILER_RANGES["alignment_training"]):
-            state.train_alignment(estimates, cap_perceptual=guided)
-        # Guidance 2: no guidance for t >= guidance_start.
-        if not guided:
-            return latents
-        with torch.enable_grad():
-            # Guidance 3-4: L of sample 0 of every image, y_hat = f(x) and D_g's Adam step included.
-            with record_function(PROFILER_RANGES["guidance_loss"]):
-                loss = posterior_loss(
-                    estimate,
-                    state.degraded,
-                    state.trainers,
-                    weights,
-                    exposure_patch_size=state.exposure_patch_size,
-                    perceptual_distance=state.perceptual_distance,
-                    degraded_features=state.degraded_features,
-                )
-            # Guidance 5: g = grad(-scale * L, z0_hat); z_{t-1} <- z_{t-1} + g for sample 0.
-            with record_function(PROFILER_RANGES["guidance_backward"]):
-                (gradient,) = torch.autograd.grad(-state.scale * loss, z0)
-        return state.shift_sample_zero(latents, gradient)
-
-    def _decode_estimates(
-        self, pred_original_sample: torch.Tensor, state: PosteriorState, graph: bool
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """The clean estimates ``x0(z0_hat)`` of every sample, one decode per sample index over all images (every
-        decode of a restoration then has one shape: a compiled decoder builds one graph per grad mode only).
-
-        Returns:
-            ``(z0, estimate, estimates)``: with ``graph``, the x0 latent of sample 0 as a leaf that requires grad
-            and its decode with a graph to it (else ``None, None``); and the detached estimates of all
-            samples, (B, S, 3, H, W).
-        """
-        batch_size, _, height, width = state.degraded.shape
-        latents = pred_original_sample.unflatten(0, (batch_size, state.num_samples))
-        z0 = estimate = None
-        if graph:
-            z0 = latents[:, 0].detach().contiguous().requires_grad_(True)
-            with torch.enable_grad():
-                estimate = self.decode(z0, height, width)
-            decoded = [estimate.detach()]
-        else:
-            decoded = [self.decode(latents[:, 0], height, width)]
-        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, state.num_samples)]
-        return z0, estimate, torch.stack(decoded, dim=1)
-
-    def _step_end_callback(
-        self,
-        callback: Callable[[Any, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks,
-        tensor_inputs: list[str],
-        step_index: int,
-        timestep: int,
-        latents: torch.Tensor,
-        text: TextConditioning,
-    ) -> tuple[torch.Tensor, TextConditioning]:
-        """Run ``callback_on_step_end`` as diffusers' pipelines do: it gets the tensors named in ``tensor_inputs``
-        and may return replacements, or set ``pipe._guidance_scale``. The UNet's rows are rebuilt when it was
-        given the embeddings, or switched CFG on or off. Returns the latents and conditioning of the next step."""
-        available = {
-            "latents": latents,
-            "prompt_embeds": text.prompt_embeds,
-            "negative_prompt_embeds": text.negative_prompt_embeds,
-        }
-        callback_kwargs = {name: available[name] for name in tensor_inputs}
-        classifier_free = self.do_classifier_free_guidance
-        outputs = callback(self, step_index, timestep, callback_kwargs)
-        latents = outputs.pop("latents", latents)
-        prompt_embeds = outputs.pop("prompt_embeds", text.prompt_embeds)
-        negative_prompt_embeds = outputs.pop("negative_prompt_embeds", text.negative_prompt_embeds)
-        embeddings_given = "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs
-        if embeddings_given or classifier_free != self.do_classifier_free_guidance:
-            cfg = self.do_classifier_free_guidance
-            return latents, TextConditioning.build(prompt_embeds, negative_prompt_embeds, text.num_samples, cfg)
-        return latents, TextConditioning(prompt_embeds, negative_prompt_embeds, text.num_samples, text.cfg_embeds)
-
     def _postprocess(self, result: torch.Tensor, height: int, width: int, output_type: str) -> Any:
         """The images of ``output_type`` from the final latents of sample 0, decoded at ``height x width``."""
         restored = self.decode(result, height, width).clamp(0, 1)
         return self.image_processor.postprocess(restored, output_type=output_type)
-
-    @contextlib.contextmanager
-    def _out_of_memory_advice(
-        self, batch_size: int, height: int, width: int, num_samples: int, unet_batch_size: int | None
-    ) -> Iterator[None]:
-        """Re-raise a device out-of-memory error of the sampling loop with the options, not yet in use, that
-        need less memory (the original error is chained, its message kept)."""
-        try:
-            yield
-        except torch.OutOfMemoryError as error:
-            options = []
-            if not getattr(self.vae, "use_tiling", True):
-                options.append("pipe.vae.enable_tiling() (the decoder works in tiles)")
-            if not self.vae.is_gradient_checkpointing:
-                options.append("pipe.vae.enable_gradient_checkpointing() (the guidance backward keeps less)")
-            if self.unet.dtype == torch.float32 and self._execution_device.type == "cuda":
-                options.append("pipe.to(torch.bfloat16) (half the weights and activations)")
-            if unet_batch_size is None or unet_batch_size > 1:
-                options.append("unet_batch_size=1 (one UNet row per call)")
-            if num_samples > 1:
-                options.append('preset="fast" or a posterior scheduler with num_samples=1 (one sample)')
-            if batch_size > 1:
-                options.append("fewer images per call")
-            advice = "; ".join(options) if options else "a smaller image"
-            raise torch.OutOfMemoryError(
-                f"LD-RPS ran out of device memory restoring {batch_size} image(s) of {height}x{width}. "
-                f"What needs less memory: {advice}.\n{error}"
-            ) from error
