@@ -146,13 +146,15 @@ class PosteriorState:
     degraded_features: torch.Tensor | None
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
-        """ "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
+        """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
         estimates of all its samples (``estimates``: (B, S, 3, H, W), detached); ``cap_perceptual`` below the
         guidance gate."""
         for trainer, image_estimates, y in zip(self.trainers, estimates, self.degraded.split(1), strict=True):
             trainer.train_step(image_estimates, y, cap_perceptual=cap_perceptual)
 
-    def loss(self, estimates: torch.Tensor, weights: LossWeights, degraded_features: torch.Tensor | None = None):
+    def loss(
+        self, estimates: torch.Tensor, weights: LossWeights, degraded_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:func:`posterior_loss` of ``estimates`` (sample 0 of every image), with this state's ``y``, ``f``, ``D_g``
         and perceptual features (or ``degraded_features`` given in their place)."""
         return posterior_loss(

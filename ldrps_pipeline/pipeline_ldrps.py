@@ -4,10 +4,12 @@
 """LD-RPS: zero-shot unified image restoration by latent-diffusion recurrent posterior sampling.
 
 ``LDRPSPipeline.__call__`` follows ALGORITHM.md step by step: each numbered comment there names the
-section of ALGORITHM.md that its step implements, and :meth:`LDRPSPipeline.posterior_guidance` holds
-what a denoising step does beyond DDIM (the training of the alignment states and the posterior guidance),
-in the order of ALGORITHM.md. "Guidance" alone means the posterior guidance; classifier-free guidance is
-"CFG" (its scale is diffusers' ``guidance_scale``).
+section of ALGORITHM.md that its step implements. What a denoising step does beyond the UNet and DDIM (the
+training of the alignment states and the posterior guidance: gate, loss terms, gradient, shift of sample 0)
+is :meth:`~guidance_ldrps.PosteriorGuidance.posterior_guidance`, read in order in ``guidance_ldrps.py``;
+the speed and memory options (xformers, ``enable_torch_compile``) come from ``options_ldrps.py``. "Guidance"
+alone means the posterior guidance; classifier-free guidance is "CFG" (its scale is diffusers'
+``guidance_scale``).
 
 Every sibling module this file needs is imported here directly (and none of them imports another),
 so that diffusers' remote-code loader, which copies only a pipeline file's direct relative imports,

@@ -6,8 +6,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.profiler import record_function
 
-from ldrps_pipeline.guidance_ldrps import posterior_loss
-from ldrps_pipeline.pipeline_ldrps import PROFILER_RANGES, LDRPSPipeline, PosteriorState
+from ldrps_pipeline.guidance_ldrps import PosteriorState
+from ldrps_pipeline.pipeline_ldrps import PROFILER_RANGES, LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import GuidanceWeights
 
 
@@ -52,15 +52,8 @@ class ReferenceCostPipeline(LDRPSPipeline):
             with record_function(PROFILER_RANGES["guidance_loss"]):
                 # The reference recomputes the input's perceptual features at every step.
                 degraded_features = self.perceptual(state.degraded).float() if self.perceptual is not None else None
-                loss = posterior_loss(
-                    decoded.unflatten(0, (batch_size, state.num_samples))[:, 0],
-                    state.degraded,
-                    state.trainers,
-                    weights,
-                    exposure_patch_size=state.exposure_patch_size,
-                    perceptual_distance=state.perceptual_distance,
-                    degraded_features=degraded_features,
-                )
+                guided_estimates = decoded.unflatten(0, (batch_size, state.num_samples))[:, 0]
+                loss = state.loss(guided_estimates, weights, degraded_features)
             with record_function(PROFILER_RANGES["guidance_backward"]):
                 (gradient,) = torch.autograd.grad(-state.scale * loss, z0)
         return state.shift_sample_zero(latents, gradient.unflatten(0, (batch_size, state.num_samples))[:, 0])
