@@ -166,6 +166,11 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             logger.warning(message)
             self._warned.add(key)
 
+    def _use_vae_attention(self) -> None:
+        """The VAE's attention layers get :attr:`vae_attention_processor` while they have diffusers' default
+        processors or :class:`DecoderAttnProcessor` (``attention_ldrps.use_vae_attention``)."""
+        use_vae_attention(self.vae, self.vae_attention_processor)
+
     # ----------------------------------------------------------------------------------------
     # Properties, as in diffusers' pipelines
     # ----------------------------------------------------------------------------------------
@@ -184,14 +189,6 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
     @property
     def interrupt(self) -> bool:
         return self._interrupt
-
-    # ----------------------------------------------------------------------------------------
-    # Speed options
-    # ----------------------------------------------------------------------------------------
-    def _use_vae_attention(self) -> None:
-        """The VAE's attention layers get :attr:`vae_attention_processor` while they have diffusers' default
-        processors or :class:`DecoderAttnProcessor` (``attention_ldrps.use_vae_attention``)."""
-        use_vae_attention(self.vae, self.vae_attention_processor)
 
     # ----------------------------------------------------------------------------------------
     # Steps of a restoration
