@@ -249,38 +249,46 @@ class AlignmentTrainer:
             self.aligner_optimizer.step()
         return loss.detach()
 
-    def residual_adversarial_term(
+    def train_residual_discriminator(
         self, estimate: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tensor
-    ) -> torch.Tensor:
-        """One Adam step of ``D_g`` (real ``x - f(x)``, fake ``x - y``), then ``G = BCE(D_g(x - y), real)``.
-
-        ``G`` keeps the graph to ``estimate`` so that the guidance gradient flows through it; ``D_g``'s
-        own parameters get no gradient from it.
+    ) -> None:
+        """One Adam step of ``D_g``: real ``x - f(x)``, fake ``x - y`` (ALGORITHM.md, "Guidance", step 3).
 
         Args:
-            estimate: ``x``, (1, 3, H, W), with grad.
+            estimate: ``x``, (1, 3, H, W).
             aligned: ``f(x)`` of the same estimate.
             degraded: ``y``, (1, 3, H, W).
         """
-        if self.g_discriminator is None:
-            raise RuntimeError("this trainer was built without the residual discriminator D_g")
-        residual_input = estimate - degraded
+        g_discriminator = self._residual_discriminator()
         real = (estimate - aligned).detach()
+        fake = (estimate - degraded).detach()
         with torch.enable_grad():
             with self.autocast():
-                d_loss = 0.5 * (
-                    _bce(self.g_discriminator(real), True) + _bce(self.g_discriminator(residual_input.detach()), False)
-                )
+                d_loss = 0.5 * (_bce(g_discriminator(real), True) + _bce(g_discriminator(fake), False))
             self.g_discriminator_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.g_discriminator_optimizer.step()
+
+    def residual_adversarial_term(self, estimate: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+        """``G = BCE(D_g(x - y), real)``, with the graph to ``estimate`` kept so that the guidance gradient flows
+        through it; ``D_g``'s own parameters get no gradient from it.
+
+        Args:
+            estimate: ``x``, (1, 3, H, W), with grad.
+            degraded: ``y``, (1, 3, H, W).
+        """
+        g_discriminator = self._residual_discriminator()
+        residual = estimate - degraded
         with self.autocast():
             probabilities = torch.func.functional_call(
-                self.g_discriminator,
-                {name: p.detach() for name, p in self.g_discriminator.named_parameters()},
-                (residual_input,),
+                g_discriminator, {name: p.detach() for name, p in g_discriminator.named_parameters()}, (residual,)
             )
         return _bce(probabilities, True)
+
+    def _residual_discriminator(self) -> PatchDiscriminator:
+        if self.g_discriminator is None:
+            raise RuntimeError("this trainer was built without the residual discriminator D_g")
+        return self.g_discriminator
 
     def align(self, estimate: torch.Tensor) -> torch.Tensor:
         """``f(x)`` with a graph to ``estimate`` only: the parameters of ``f`` get no gradient from the guidance."""

@@ -1,14 +1,20 @@
 # Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
 # `DecoderAttnProcessor.__call__` is adapted from diffusers' `AttnProcessor2_0`
 # (Copyright The HuggingFace Team, Apache License 2.0).
-"""The attention processor of the VAE decoder, whose backward runs at every guided step.
+"""The attention processor of the VAE decoder, whose backward runs at every guided step, and the switching of
+the models' attention processors that the pipeline does on its own (never over your own processors).
 
 This module imports no sibling module, so the Hub export can ship it next to the pipeline file.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from diffusers.utils import is_xformers_available, logging
+
+logger = logging.get_logger(__name__)
 
 DECODER_ATTENTION_MAX_TOKENS = 4096
 """Positions up to which :class:`DecoderAttnProcessor` writes the attention out (a 64x64 latent: 512x512 px)."""
@@ -78,3 +84,42 @@ class DecoderAttnProcessor(AttnProcessor2_0):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+DIFFUSERS_DEFAULT_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
+"""diffusers' default attention processors (eager and SDPA)."""
+
+
+def has_default_attention(*models: torch.nn.Module) -> bool:
+    """Whether every attention layer of ``models`` (diffusers models) still has diffusers' default processor or
+    :class:`DecoderAttnProcessor`: processors that the pipeline may replace."""
+    return all(
+        type(processor) in (*DIFFUSERS_DEFAULT_PROCESSORS, DecoderAttnProcessor)
+        for model in models
+        for processor in model.attn_processors.values()
+    )
+
+
+def use_vae_attention(vae: torch.nn.Module, processor_class: type[AttnProcessor2_0]) -> None:
+    """Give the VAE's attention layers a ``processor_class()`` while they have diffusers' default processors or
+    :class:`DecoderAttnProcessor` and are not all of ``processor_class`` already; xformers, once switched on,
+    and your own processors stay."""
+    processors = vae.attn_processors.values()
+    if processors and has_default_attention(vae) and any(type(p) is not processor_class for p in processors):
+        vae.set_attn_processor(processor_class())
+
+
+def use_xformers_if_installed(pipe: Any, device: torch.device) -> None:
+    """On CUDA, switch xformers' memory-efficient attention on for ``pipe`` (a diffusers pipeline with a ``unet``,
+    a ``vae`` and an ``xformers_attention`` property) when it is installed, unless it was switched on or off
+    explicitly or the attention processors are not diffusers' defaults; otherwise, or when the installed xformers
+    cannot run here (with a warning), the attention stays as it is (SDPA)."""
+    if device.type != "cuda" or pipe.xformers_attention is not None or not is_xformers_available():
+        return
+    if not has_default_attention(pipe.unet, pipe.vae):
+        return  # the user's own attention processors are never replaced
+    try:
+        pipe.enable_xformers_memory_efficient_attention()
+    except Exception as error:  # installed, but e.g. built without kernels for this card or torch
+        logger.warning(f"xformers is installed but cannot be used here ({error!r}); keeping SDPA attention.")
+        pipe.disable_xformers_memory_efficient_attention()

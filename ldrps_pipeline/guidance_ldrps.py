@@ -1,18 +1,59 @@
-"""The posterior (guidance) loss terms of LD-RPS.
+"""The posterior guidance of LD-RPS, in the order of ALGORITHM.md ("Alignment module", steps 1-2, and
+"Guidance (posterior) term", steps 1-5): the loss terms, their sum :func:`posterior_loss`, and
+:class:`PosteriorGuidance`, the pipeline's step that trains the alignment states and shifts sample 0.
 
-Each term is a small function; the weights and the timestep gates that switch them on come
-from :class:`RecurrentPosteriorScheduler`. Everything here runs in float32: the pipeline casts
-decoded images to float32 before calling these functions.
+Each term is a small function; the weights and the timestep gates that switch them on come from
+:class:`RecurrentPosteriorScheduler` (planned once per pass), the alignment module ``f`` and the
+discriminators from each image's :class:`AlignmentTrainer`. Everything here runs in float32: decoded
+images are cast to float32 before the loss.
 
-This module imports no sibling module, so the Hub export can copy it beside the pipeline file.
+This module imports no sibling module, so the Hub export can copy it beside the pipeline file: the
+scheduler's weights and the trainers come in as the protocols below.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
-PerceptualDistanceToInput = Callable[[torch.Tensor], torch.Tensor]
+GUIDANCE_PROFILER_RANGES = {
+    "alignment_training": "ldrps.alignment_training",
+    "guidance_loss": "ldrps.guidance_loss",
+    "guidance_backward": "ldrps.guidance_backward",
+}
+"""The ``torch.profiler.record_function`` ranges of :meth:`PosteriorGuidance.posterior_guidance` (part of the
+pipeline's ``PROFILER_RANGES``): the training of the alignment states, the guidance loss, its backward."""
+
+
+class LossWeights(Protocol):
+    """The weights of the posterior loss terms at one step (``GuidanceWeights``); a zero weight skips its term."""
+
+    mse: float
+    perceptual: float
+    adversarial: float
+    exposure: float
+    color: float
+
+
+class ImageAlignment(Protocol):
+    """What the posterior guidance uses of one image's alignment state (``AlignmentTrainer``)."""
+
+    def train_step(self, estimates: torch.Tensor, degraded: torch.Tensor, cap_perceptual: bool) -> torch.Tensor: ...
+
+    def align(self, estimate: torch.Tensor) -> torch.Tensor: ...
+
+    def train_residual_discriminator(
+        self, estimate: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tensor
+    ) -> None: ...
+
+    def residual_adversarial_term(self, estimate: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor: ...
+
+
+PerceptualDistanceToFeatures = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(a, features of b) -> P(a, b)`` (``PerceptualFeatures.distance_to_features``)."""
 
 
 def exposure_loss(image: torch.Tensor, patch_size: int = 32, level: float = 0.5) -> torch.Tensor:
@@ -37,39 +78,170 @@ def color_loss(image: torch.Tensor) -> torch.Tensor:
 
 
 def posterior_loss(
-    aligned: torch.Tensor,
+    estimates: torch.Tensor,
     degraded: torch.Tensor,
-    estimate: torch.Tensor,
+    alignments: Sequence[ImageAlignment],
+    weights: LossWeights,
     *,
-    mse_weight: float,
-    perceptual_weight: float,
-    adversarial_term: torch.Tensor | None,
-    adversarial_weight: float,
-    exposure_weight: float,
-    color_weight: float,
     exposure_patch_size: int,
-    perceptual_to_input: PerceptualDistanceToInput | None,
+    perceptual_distance: PerceptualDistanceToFeatures | None = None,
+    degraded_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The guidance loss ``L`` of one image at one step (only called when ``t`` is below the guidance gate).
+    """The guidance loss ``L`` at one step below the guidance gate, summed over the images (ALGORITHM.md,
+    "Guidance", steps 1, 3 and 4):
 
-    ``L = w_mse MSE(f(x), y) + c_pse P(f(x), y) + c_adv G + w_exp L_exp(x) + w_col L_col(x)``; a term
-    whose weight is zero is not computed.
+    ``L = w_mse MSE(f(x), y) + c_pse P(f(x), y) + c_adv G + w_exp L_exp(x) + w_col L_col(x)``, with ``D_g``
+    taking its Adam step before ``G``; a term whose weight is zero is not computed (nor is ``D_g`` trained).
 
     Args:
-        aligned: ``f(x)``, the clean estimate mapped into the degraded domain, (1, 3, H, W), with grad.
-        degraded: ``y``, the input, (1, 3, H, W).
-        estimate: ``x``, the decoded clean estimate, (1, 3, H, W), with grad.
-        adversarial_term: ``G = BCE(D_g(x - y), real)`` when ``adversarial_weight > 0``, else ``None``.
-        perceptual_to_input: ``a -> P(a, y)``, the perceptual distance to the input; required when
-            ``perceptual_weight > 0``.
+        estimates: ``x``, the decoded clean estimate (the guided sample) of every image, (B, 3, H, W), with
+            a graph to the x0 latent.
+        degraded: ``y``, the inputs, (B, 3, H, W).
+        alignments: each image's ``f`` and ``D_g``.
+        weights: the weights at this step.
+        exposure_patch_size: the pooling size of the exposure loss, in pixels.
+        perceptual_distance: ``P`` against precomputed features; ``None`` leaves the perceptual term out.
+        degraded_features: the features of ``y`` for ``perceptual_distance``, (B, ...).
     """
-    loss = mse_weight * F.mse_loss(aligned, degraded)
-    if perceptual_weight > 0:
-        loss = loss + perceptual_weight * perceptual_to_input(aligned)
-    if adversarial_weight > 0:
-        loss = loss + adversarial_weight * adversarial_term
-    if exposure_weight > 0:
-        loss = loss + exposure_weight * exposure_loss(estimate, exposure_patch_size)
-    if color_weight > 0:
-        loss = loss + color_weight * color_loss(estimate)
+    loss = 0.0
+    for index, (alignment, x, y) in enumerate(zip(alignments, estimates.split(1), degraded.split(1), strict=True)):
+        aligned = alignment.align(x)  # 1. y_hat = f(x)
+        image_loss = weights.mse * F.mse_loss(aligned, y)  # 3. MSE(y_hat, y) ...
+        if weights.perceptual > 0 and perceptual_distance is not None:
+            image_loss = image_loss + weights.perceptual * perceptual_distance(
+                aligned, degraded_features[index : index + 1]
+            )
+        if weights.adversarial > 0:
+            alignment.train_residual_discriminator(x, aligned, y)
+            image_loss = image_loss + weights.adversarial * alignment.residual_adversarial_term(x, y)
+        if weights.exposure > 0:  # 4. the exposure and colour terms (zero weights above their gate)
+            image_loss = image_loss + weights.exposure * exposure_loss(x, exposure_patch_size)
+        if weights.color > 0:
+            image_loss = image_loss + weights.color * color_loss(x)
+        loss = loss + image_loss
     return loss
+
+
+@dataclass
+class PosteriorState:
+    """What the posterior guidance works with during one call: built once per call, before the sampling,
+    and dropped with the call.
+
+    Args:
+        trainers: each image's fresh alignment state (``f``, ``D_f``, ``D_g`` and their optimisers).
+        degraded: ``y``, (B, 3, H, W).
+        num_samples: S, the latents per image (sample 0 is the result).
+        scale: the guidance step size at this image size (``RecurrentPosteriorScheduler.scale_for``).
+        exposure_patch_size: the pooling size of the exposure loss.
+        perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
+        degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
+    """
+
+    trainers: Sequence[ImageAlignment]
+    degraded: torch.Tensor
+    num_samples: int
+    scale: float
+    exposure_patch_size: int
+    perceptual_distance: PerceptualDistanceToFeatures | None
+    degraded_features: torch.Tensor | None
+
+    def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
+        """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
+        estimates of all its samples (``estimates``: (B, S, 3, H, W), detached); ``cap_perceptual`` below the
+        guidance gate."""
+        for trainer, image_estimates, y in zip(self.trainers, estimates, self.degraded.split(1), strict=True):
+            trainer.train_step(image_estimates, y, cap_perceptual=cap_perceptual)
+
+    def loss(
+        self, estimates: torch.Tensor, weights: LossWeights, degraded_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:func:`posterior_loss` of ``estimates`` (sample 0 of every image), with this state's ``y``, ``f``, ``D_g``
+        and perceptual features (or ``degraded_features`` given in their place)."""
+        return posterior_loss(
+            estimates,
+            self.degraded,
+            self.trainers,
+            weights,
+            exposure_patch_size=self.exposure_patch_size,
+            perceptual_distance=self.perceptual_distance,
+            degraded_features=self.degraded_features if degraded_features is None else degraded_features,
+        )
+
+    def shift_sample_zero(self, latents: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``latents`` (B * S, C, h, w) with ``shift`` (B, C, h, w) added to sample 0 of every image."""
+        latents = latents.unflatten(0, (self.degraded.shape[0], self.num_samples))
+        latents[:, 0] += shift
+        return latents.flatten(0, 1)
+
+
+class PosteriorGuidance:
+    """The posterior guidance step of :class:`LDRPSPipeline` (a mixin of the pipeline, which supplies ``decode``:
+    ``x0(z) = (D(z / s) + 1) / 2``, cropped to the input's size)."""
+
+    def posterior_guidance(
+        self,
+        latents: torch.Tensor,
+        pred_original_sample: torch.Tensor,
+        weights: LossWeights | None,
+        state: PosteriorState,
+    ) -> torch.Tensor:
+        """One step's posterior guidance, after its DDIM update: the alignment states trained on every sample's
+        clean estimate, and below the guidance gate sample 0 of every image moved along the gradient of the
+        guidance loss (ALGORITHM.md, "Alignment module" steps 1-2 and "Guidance (posterior) term" steps 1-5).
+
+        An intended extension point: a pipeline subclass may override it to change what the posterior guidance
+        of a step does or costs, and nothing else (the speed benchmark's ``ReferenceCostPipeline`` decodes and
+        backpropagates every sample at every step, as the reference code does). An override should keep the
+        profiler ranges of :data:`GUIDANCE_PROFILER_RANGES` around the same phases.
+
+        Args:
+            latents: ``z_{t-1}`` of all samples, (B * S, C, h, w), from the DDIM update.
+            pred_original_sample: their clipped x0 latents ``z0_hat``, (B * S, C, h, w).
+            weights: the guidance loss weights at this step, or ``None`` at or above the guidance gate
+                (``RecurrentPosteriorScheduler.guidance_plan``).
+            state: the call's :class:`PosteriorState`.
+
+        Returns:
+            ``z_{t-1}``, with ``g = grad(-scale * L, z0_hat)`` added to sample 0 of every image below the gate.
+        """
+        guided = weights is not None
+        # Guidance 1: x = x0(z0_hat) of every sample, with a graph to z0_hat only for sample 0 and when guided.
+        z0, estimate, estimates = self._decode_estimates(pred_original_sample, state, graph=guided)
+        # Alignment module 1-2: D_f, then f, take one Adam step on the (detached) estimates of all samples.
+        with record_function(GUIDANCE_PROFILER_RANGES["alignment_training"]):
+            state.train_alignment(estimates, cap_perceptual=guided)
+        # Guidance 2: no guidance for t >= guidance_start.
+        if not guided:
+            return latents
+        with torch.enable_grad():
+            # Guidance 3-4: L of sample 0 of every image (posterior_loss: y_hat = f(x), the terms, D_g's step).
+            with record_function(GUIDANCE_PROFILER_RANGES["guidance_loss"]):
+                loss = state.loss(estimate, weights)
+            # Guidance 5: g = grad(-scale * L, z0_hat); z_{t-1} <- z_{t-1} + g for sample 0.
+            with record_function(GUIDANCE_PROFILER_RANGES["guidance_backward"]):
+                (gradient,) = torch.autograd.grad(-state.scale * loss, z0)
+        return state.shift_sample_zero(latents, gradient)
+
+    def _decode_estimates(
+        self, pred_original_sample: torch.Tensor, state: PosteriorState, graph: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """The clean estimates ``x0(z0_hat)`` of every sample, one decode per sample index over all images (every
+        decode of a restoration then has one shape: a compiled decoder builds one graph per grad mode only).
+
+        Returns:
+            ``(z0, estimate, estimates)``: with ``graph``, the x0 latent of sample 0 as a leaf that requires grad
+            and its decode with a graph to it (else ``None, None``); and the detached estimates of all
+            samples, (B, S, 3, H, W).
+        """
+        batch_size, _, height, width = state.degraded.shape
+        latents = pred_original_sample.unflatten(0, (batch_size, state.num_samples))
+        z0 = estimate = None
+        if graph:
+            z0 = latents[:, 0].detach().contiguous().requires_grad_(True)
+            with torch.enable_grad():
+                estimate = self.decode(z0, height, width)
+            decoded = [estimate.detach()]
+        else:
+            decoded = [self.decode(latents[:, 0], height, width)]
+        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, state.num_samples)]
+        return z0, estimate, torch.stack(decoded, dim=1)

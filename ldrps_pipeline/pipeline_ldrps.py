@@ -3,17 +3,20 @@
 # StableDiffusionPipeline (Copyright The HuggingFace Team, Apache License 2.0).
 """LD-RPS: zero-shot unified image restoration by latent-diffusion recurrent posterior sampling.
 
-``LDRPSPipeline.__call__`` follows ALGORITHM.md step by step; the numbered comments there name
-the section of ALGORITHM.md that each block implements.
+``LDRPSPipeline.__call__`` follows ALGORITHM.md step by step: each numbered comment there names the
+section of ALGORITHM.md that its step implements. What a denoising step does beyond the UNet and DDIM (the
+training of the alignment states and the posterior guidance: gate, loss terms, gradient, shift of sample 0)
+is :meth:`~guidance_ldrps.PosteriorGuidance.posterior_guidance`, read in order in ``guidance_ldrps.py``;
+the speed and memory options (xformers, ``enable_torch_compile``) come from ``options_ldrps.py``. "Guidance"
+alone means the posterior guidance; classifier-free guidance is "CFG" (its scale is diffusers'
+``guidance_scale``).
 
 Every sibling module this file needs is imported here directly (and none of them imports another),
 so that diffusers' remote-code loader, which copies only a pipeline file's direct relative imports,
 finds them all when this file is used as ``custom_pipeline`` or from a Hub export.
 """
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,40 +27,40 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, is_xformers_available, logging
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch.profiler import record_function
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .attention_ldrps import DecoderAttnProcessor
+from .attention_ldrps import DecoderAttnProcessor, use_vae_attention, use_xformers_if_installed
 from .captioning_ldrps import caption_images
-from .guidance_ldrps import posterior_loss
+from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
+from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, PosteriorGuidance, PosteriorState
+from .inputs_ldrps import PipelineImageInput, per_image_inputs
+from .options_ldrps import SpeedAndMemoryOptions
 from .perceptual_ldrps import PerceptualFeatures
-from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler, is_finite_number, is_integer_at_least
+from .scheduling_ldrps import (
+    PRESETS,
+    GuidanceWeights,
+    RecurrentPosteriorScheduler,
+    as_ddim_scheduler,
+    is_finite_number,
+    is_integer_at_least,
+)
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-DIFFUSERS_DEFAULT_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
-"""diffusers' default attention processors (eager and SDPA)."""
-PROFILER_RANGES = {
-    "step": "ldrps.step",
-    "unet": "ldrps.unet",
-    "decode": "ldrps.decode",
-    "alignment_training": "ldrps.alignment_training",
-    "guidance_loss": "ldrps.guidance_loss",
-    "guidance_backward": "ldrps.guidance_backward",
-}
+PROFILER_RANGES = {"step": "ldrps.step", "unet": "ldrps.unet", "decode": "ldrps.decode", **GUIDANCE_PROFILER_RANGES}
 """The ``torch.profiler.record_function`` ranges a restoration marks, by phase: each denoising step, its UNet
 call(s) (both samples and both CFG branches), each decode of the clean estimates (and the final one), the
 training step of the per-image alignment states, the posterior guidance loss and its backward to the x0
 latent. A profiler (``torch.profiler.profile``) reports each range's host and device time; without one
 they cost a few microseconds per step."""
-PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list[PIL.Image.Image] | list[np.ndarray]
 
 
 @dataclass
@@ -74,71 +77,7 @@ class LDRPSPipelineOutput(BaseOutput):
     prompts: list[str]
 
 
-def as_ddim_scheduler(scheduler: SchedulerMixin | None) -> DDIMScheduler | None:
-    """``scheduler`` itself when it is a DDIM scheduler, else a DDIM scheduler with its config (its noise
-    schedule, spacing and prediction type): LD-RPS's update is DDIM's (eta = 0)."""
-    if scheduler is None or isinstance(scheduler, DDIMScheduler):
-        return scheduler
-    return DDIMScheduler.from_config(scheduler.config)
-
-
-def _validate_pixels(array: torch.Tensor, what: str) -> torch.Tensor:
-    """Float32 pixels in [0, 1] from uint8 or float input; clear errors for anything else."""
-    if not array.numel():
-        raise ValueError(f"{what} is empty: it has shape {tuple(array.shape)}")
-    if array.dtype == torch.uint8:
-        return array.float() / 255.0
-    if not array.is_floating_point():
-        raise ValueError(f"{what} must hold uint8 or floating-point pixels, got dtype {array.dtype}")
-    array = array.float()
-    if not torch.isfinite(array).all():
-        raise ValueError(f"{what} contains NaN or infinite pixel values")
-    if array.min() < 0 or array.max() > 1:
-        raise ValueError(
-            f"{what} must be in [0, 1] (floats) or 0-255 (uint8); got values in "
-            f"[{array.min().item():.3g}, {array.max().item():.3g}]. A tensor in [-1, 1] needs (x + 1) / 2 first."
-        )
-    return array
-
-
-def image_to_tensor(image: PipelineImageInput) -> torch.Tensor:
-    """Convert the supported image inputs to one float32 batch (B, 3, H, W) in [0, 1], validating them.
-
-    Accepted: a PIL image (any mode, converted to RGB); a numpy array (H, W, 3) or (B, H, W, 3),
-    uint8 or float in [0, 1]; a torch tensor (3, H, W) or (B, 3, H, W), uint8 or float in [0, 1];
-    a list of PIL images or of (H, W, 3) arrays. All images of a batch must share one size.
-    """
-    if isinstance(image, list):
-        if not image:
-            raise ValueError("image is an empty list")
-        tensors = [image_to_tensor(item) for item in image]
-        sizes = {tuple(t.shape[-2:]) for t in tensors}
-        if len(sizes) > 1:
-            raise ValueError(f"all images of a batch must have the same size, got sizes {sorted(sizes)}")
-        return torch.cat(tensors)
-    if isinstance(image, PIL.Image.Image):
-        return _validate_pixels(torch.from_numpy(np.asarray(image.convert("RGB")).copy()), "image").permute(2, 0, 1)[
-            None
-        ]
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (3, 4) or image.shape[-1] != 3:
-            raise ValueError(
-                f"a numpy image must have shape (H, W, 3) or (B, H, W, 3) (RGB, channels last), got {image.shape}"
-            )
-        tensor = _validate_pixels(torch.from_numpy(np.ascontiguousarray(image)), "image")
-        tensor = tensor[None] if tensor.ndim == 3 else tensor
-        return tensor.permute(0, 3, 1, 2).contiguous()
-    if isinstance(image, torch.Tensor):
-        if image.ndim not in (3, 4) or image.shape[-3] != 3:
-            raise ValueError(
-                f"a torch image must have shape (3, H, W) or (B, 3, H, W) (RGB, channels first), got {tuple(image.shape)}"
-            )
-        tensor = _validate_pixels(image.detach().cpu(), "image")
-        return tensor[None] if tensor.ndim == 3 else tensor
-    raise ValueError(f"image must be a PIL image, numpy array, torch tensor or a list of them, got {type(image)}")
-
-
-class LDRPSPipeline(DiffusionPipeline):
+class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline):
     """Zero-shot unified image restoration with a text-to-image latent diffusion prior (LD-RPS).
 
     A captioner describes what the clean image should show; DDIM sampling from noise is steered
@@ -160,6 +99,10 @@ class LDRPSPipeline(DiffusionPipeline):
         perceptual: optional VGG16 ``features[:9]`` extractor for the perceptual terms.
     """
 
+    vae_attention_processor: type[AttnProcessor2_0] = DecoderAttnProcessor
+    """The attention processor the VAE's attention layers get at every call (and before compiling) while they
+    have diffusers' default processors or :class:`DecoderAttnProcessor`: a hook for subclasses (the speed
+    benchmark's reference rows give it diffusers' ``AttnProcessor2_0``)."""
     model_cpu_offload_seq = "captioner->text_encoder->unet"
     _optional_components = ["captioner", "captioner_processor", "perceptual"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -223,6 +166,11 @@ class LDRPSPipeline(DiffusionPipeline):
             logger.warning(message)
             self._warned.add(key)
 
+    def _use_vae_attention(self) -> None:
+        """The VAE's attention layers get :attr:`vae_attention_processor` while they have diffusers' default
+        processors or :class:`DecoderAttnProcessor` (``attention_ldrps.use_vae_attention``)."""
+        use_vae_attention(self.vae, self.vae_attention_processor)
+
     # ----------------------------------------------------------------------------------------
     # Properties, as in diffusers' pipelines
     # ----------------------------------------------------------------------------------------
@@ -241,110 +189,6 @@ class LDRPSPipeline(DiffusionPipeline):
     @property
     def interrupt(self) -> bool:
         return self._interrupt
-
-    # ----------------------------------------------------------------------------------------
-    # Speed options
-    # ----------------------------------------------------------------------------------------
-    @property
-    def xformers_attention(self) -> bool | None:
-        """Whether xformers attention was switched on (``True``) or off (``False``) explicitly, or ``None``:
-        left to the pipeline, which switches it on at the first CUDA call when xformers is installed."""
-        return self._xformers_attention
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
-        """diffusers' switch behind ``enable_/disable_xformers_memory_efficient_attention``; the choice is
-        remembered, so that the automatic switch-on of the first CUDA call never overrides it."""
-        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
-        self._xformers_attention = valid
-
-    def _default_attention(self) -> bool:
-        """Whether every attention layer of the UNet and the VAE still has diffusers' default processor
-        (or, in the VAE, the pipeline's :class:`DecoderAttnProcessor`)."""
-        return all(
-            type(processor) in (*DIFFUSERS_DEFAULT_PROCESSORS, DecoderAttnProcessor)
-            for model in (self.unet, self.vae)
-            for processor in model.attn_processors.values()
-        )
-
-    def _use_decoder_attention(self) -> None:
-        """Give the VAE's attention layers :class:`DecoderAttnProcessor` (the written-out attention, whose
-        backward is far faster than SDPA's memory-efficient kernel at the decoder's one 512-wide head) while
-        they have diffusers' default processors; xformers, once switched on, and your own processors stay."""
-        processors = self.vae.attn_processors.values()
-        if processors and all(type(processor) in DIFFUSERS_DEFAULT_PROCESSORS for processor in processors):
-            self.vae.set_attn_processor(DecoderAttnProcessor())
-
-    def _use_xformers_if_installed(self, device: torch.device) -> None:
-        """On CUDA, switch xformers' memory-efficient attention on when it is installed, unless it was
-        switched on or off explicitly or the attention processors are not diffusers' defaults; otherwise, or
-        when the installed xformers cannot run here (with a warning), the attention stays as it is (SDPA)."""
-        if device.type != "cuda" or self._xformers_attention is not None or not is_xformers_available():
-            return
-        if not self._default_attention():
-            return  # the user's own attention processors are never replaced
-        try:
-            self.enable_xformers_memory_efficient_attention()
-        except Exception as error:  # installed, but e.g. built without kernels for this card or torch
-            logger.warning(f"xformers is installed but cannot be used here ({error!r}); keeping SDPA attention.")
-            self.disable_xformers_memory_efficient_attention()
-
-    def enable_torch_compile(self, small_networks: bool = False, **compile_options: Any) -> None:
-        """Compile the big modules that every step runs with ``torch.compile``: the UNet and the VAE decoder.
-
-        With ``small_networks=True`` also the perceptual features and the alignment networks that each
-        image trains (``f`` and the discriminators, through :meth:`AlignmentModule.compile_trainer_networks`).
-        They are left eager by default because the restoration was slower with them compiled: on an H200
-        (torch 2.11, bf16, 512x512, the paper's settings) 61.2 s per image against 58.2 s, most of it in the
-        unguided steps (68.7 against 47.9 ms). Their kernels are small, and a compiled call's host cost
-        (guards, the autograd wrapper) outweighs what fusing them saves.
-
-        The modules are compiled in place (:meth:`torch.nn.Module.compile`), so their weights, their
-        ``save_pretrained`` and the results stay the same. ``compile_options`` go to ``torch.compile``,
-        e.g. ``mode="max-autotune-no-cudagraphs"`` or ``backend``. The first steps pay for the
-        compilation, and the decoder compiles once more when its backward first runs below the guidance
-        gate. Shapes are static unless ``dynamic`` is given: every new image size or batch compiles
-        anew, because inductor 2.13 failed on this pipeline's symbolic shapes (a ``TypeError`` on a
-        relational of symbolic sizes) once a second shape made them dynamic. After dynamo's
-        ``torch._dynamo.config.recompile_limit`` versions of one function (8 by default; each size,
-        batch, grad mode and autocast state is one) further shapes run eagerly, with a warning: raise
-        that limit when restoring images of many sizes. The VAE's default attention processors become
-        :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
-        which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
-        (``mode="reduce-overhead"``) are the fastest measured: 49.0 s per image on an H200 against 58.2 s
-        for the default mode, with a private memory pool and new graphs recorded for every new shape. They
-        fail with ``small_networks=True``: the alignment module's compiled output is overwritten by its
-        next call before the perceptual features read it (a CUDA-graph replay reuses its output buffers),
-        which torch reports as an error.
-
-        A bfloat16 VAE on the CPU keeps its decoder uncompiled, with a warning: there inductor's C++
-        backend (torch 2.13) returned an all-zero gradient through the decoder's up-blocks (a resnet
-        followed by the nearest-upsampling convolution), which silently switched the guidance off. Its
-        fusion pass re-reads a node's dependencies without the renames of a mutated buffer, so the cast
-        of the upsampling's scatter-add result runs before the scatter-add (traced in
-        ``examples/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
-        this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
-        """
-        if self._xformers_attention is None:
-            # No switch-on of xformers at the first CUDA call: it would change the compiled modules' attention
-            # afterwards, and inductor compiles SDPA (diffusers' default) while xformers' kernels are opaque to it.
-            # The attention processors themselves are left as they are.
-            self._xformers_attention = False
-        self._use_decoder_attention()  # before compiling: the processors are traced with the decoder
-        compile_options.setdefault("dynamic", False)
-        self.unet.compile(**compile_options)
-        inductor = compile_options.get("backend", "inductor") == "inductor"
-        if inductor and self.vae.dtype == torch.bfloat16 and self.vae.device.type == "cpu":
-            logger.warning(
-                "enable_torch_compile: the VAE decoder is left uncompiled, because inductor's C++ backend "
-                "(torch 2.13) gave all-zero guidance gradients through a bfloat16 decoder on the CPU. Call "
-                "enable_torch_compile after moving the pipeline to the GPU, or use float32 on the CPU."
-            )
-        else:
-            self.vae.decoder.compile(**compile_options)
-        if small_networks:
-            if self.perceptual is not None:
-                self.perceptual.compile(**compile_options)
-            self.aligner.compile_trainer_networks(**compile_options)
 
     # ----------------------------------------------------------------------------------------
     # Steps of a restoration
@@ -386,17 +230,45 @@ class LDRPSPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
             )
 
-    @staticmethod
-    def _per_image(value: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return [value] * batch_size
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{name} must be a string or a list of strings, got {type(value)}")
-        if len(value) != batch_size:
-            raise ValueError(f"{name} has {len(value)} entries for a batch of {batch_size} images")
-        return value
+    def _posterior_scheduler(self, preset: str | None) -> RecurrentPosteriorScheduler:
+        """The call's posterior scheduler: the component, with ``preset`` applied when one is given. Warns once
+        when it weights a perceptual term and the pipeline has no ``perceptual`` component."""
+        posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
+        perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        if self.perceptual is None and perceptual_weighted:
+            self._warn_once(
+                "no perceptual",
+                "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
+                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
+            )
+        return posterior
+
+    def _plan_passes(
+        self,
+        posterior: RecurrentPosteriorScheduler,
+        num_inference_steps: int | None,
+        recurrences: int | None,
+        strength: float | None,
+    ) -> tuple[list[list[int]], list[list[GuidanceWeights | None]]]:
+        """The timesteps of every pass (pass 0 over the full schedule, then each recurrence over its tail) and the
+        guidance of each of their steps (``RecurrentPosteriorScheduler.guidance_plan``), planned once per call."""
+        if num_inference_steps is None:
+            num_inference_steps = posterior.config.num_inference_steps
+        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
+        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+        return passes, [posterior.guidance_plan(timesteps) for timesteps in passes]
+
+    def _prompts(
+        self, prompts: list[str] | None, degraded: torch.Tensor, posterior: RecurrentPosteriorScheduler
+    ) -> list[str]:
+        """The given prompts, else the captioner's (when the posterior scheduler uses captions), else ``""``."""
+        if prompts is not None:
+            return prompts
+        if posterior.config.use_caption and self.captioner is not None:
+            return self.caption(degraded)
+        if posterior.config.use_caption:
+            self._warn_once("no captioner", "No prompt and no captioner: restoring with the empty prompt.")
+        return [""] * degraded.shape[0]
 
     def caption(self, images: torch.Tensor) -> list[str]:
         """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows.
@@ -465,7 +337,7 @@ class LDRPSPipeline(DiffusionPipeline):
         By default one batched UNet call covers all samples and both CFG branches;
         ``unet_batch_size`` splits that batch into calls of at most that many rows (less memory, slower).
         ``embeds`` decides the CFG: twice as many rows as ``latents`` means [uncond, cond] (see
-        ``_cfg_embeddings``), as many rows means the conditional prediction alone.
+        :class:`TextConditioning`), as many rows means the conditional prediction alone.
         """
         classifier_free = embeds.shape[0] == 2 * latents.shape[0]
         model_input = torch.cat([latents, latents]) if classifier_free else latents
@@ -482,106 +354,6 @@ class LDRPSPipeline(DiffusionPipeline):
             return prediction
         uncond, cond = prediction.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
-
-    def posterior_gradient(
-        self,
-        pred_original_sample: torch.Tensor,
-        degraded: torch.Tensor,
-        trainers: list[AlignmentTrainer],
-        posterior: RecurrentPosteriorScheduler,
-        timestep: int,
-        num_samples: int,
-        degraded_features: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """Train the alignment state of each image one step and return the guidance shift of sample 0.
-
-        ALGORITHM.md, "Alignment module" (steps 1-2) and "Guidance (posterior) term" (steps 1-5).
-
-        Args:
-            pred_original_sample: the clipped x0 latents of all samples, (B * S, C, h, w).
-            degraded: ``y``, (B, 3, H, W).
-            trainers: the per-image alignment state, one per image.
-            posterior: the (preset-resolved) posterior scheduler.
-            timestep: the current ``t``.
-            num_samples: S.
-            degraded_features: the perceptual features of ``y`` (computed once per image), or ``None``
-                without a perceptual component.
-
-        Returns:
-            ``g = grad(-scale * L, z0_hat)`` for sample 0 of every image, (B, C, h, w), or ``None``
-            when ``t`` is above the guidance gate.
-        """
-        batch_size, _, height, width = degraded.shape
-        guided = posterior.guidance_enabled(timestep)
-        latents = pred_original_sample.unflatten(0, (batch_size, num_samples))
-        # One decode per sample index, each over all images: every decode of every step has the same shape,
-        # so a compiled decoder builds one graph per grad mode, not one per batch size.
-        if guided:
-            # x = x0(z0_hat) with a graph for the guided sample only; the others without.
-            z0 = latents[:, 0].detach().contiguous().requires_grad_(True)
-            with torch.enable_grad():
-                estimate = self.decode(z0, height, width)
-            decoded = [estimate.detach()]
-        else:
-            decoded = [self.decode(latents[:, 0], height, width)]
-        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, num_samples)]
-        estimates = torch.stack(decoded, dim=1)
-        with record_function(PROFILER_RANGES["alignment_training"]):
-            for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
-                trainer.train_step(image_estimates, y, cap_perceptual=guided)
-        if not guided:
-            return None
-
-        with torch.enable_grad():
-            with record_function(PROFILER_RANGES["guidance_loss"]):
-                loss = self.guidance_loss(estimate, degraded, trainers, posterior, timestep, degraded_features)
-            with record_function(PROFILER_RANGES["guidance_backward"]):
-                (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
-        return gradient
-
-    def guidance_loss(
-        self,
-        estimate: torch.Tensor,
-        degraded: torch.Tensor,
-        trainers: list[AlignmentTrainer],
-        posterior: RecurrentPosteriorScheduler,
-        timestep: int,
-        degraded_features: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The guidance loss ``L``, summed over the images (ALGORITHM.md, "Guidance", steps 1, 3 and 4).
-
-        Args:
-            estimate: ``x`` of the guided sample of every image, (B, 3, H, W), with a graph to ``z0_hat``.
-            degraded: ``y``, (B, 3, H, W).
-            trainers: the per-image alignment state (``f`` and ``D_g``).
-            posterior: gives the weights at ``timestep``.
-            timestep: the current ``t`` (below the guidance gate).
-            degraded_features: perceptual features of ``y``, or ``None`` without a perceptual component.
-        """
-        weights = posterior.guidance_weights(timestep)
-        loss = 0.0
-        for index, (trainer, x, y) in enumerate(zip(trainers, estimate.split(1), degraded.split(1), strict=True)):
-            aligned = trainer.align(x)
-            adversarial = trainer.residual_adversarial_term(x, aligned, y) if weights.adversarial > 0 else None
-            perceptual_to_input = None
-            if degraded_features is not None:
-                perceptual_to_input = partial(
-                    self.perceptual.distance_to_features, reference_features=degraded_features[index : index + 1]
-                )
-            loss = loss + posterior_loss(
-                aligned,
-                y,
-                x,
-                mse_weight=weights.mse,
-                perceptual_weight=weights.perceptual if perceptual_to_input is not None else 0.0,
-                adversarial_term=adversarial,
-                adversarial_weight=weights.adversarial,
-                exposure_weight=weights.exposure,
-                color_weight=weights.color,
-                exposure_patch_size=posterior.config.exposure_patch_size,
-                perceptual_to_input=perceptual_to_input,
-            )
-        return loss
 
     def new_alignment_state(
         self, generator: torch.Generator | None, posterior: RecurrentPosteriorScheduler, device: torch.device
@@ -605,14 +377,20 @@ class LDRPSPipeline(DiffusionPipeline):
             compute_dtype=self.vae.dtype,
         )
 
-    def _generators(
-        self, generator: torch.Generator | list[torch.Generator] | None, batch_size: int
-    ) -> list[torch.Generator | None]:
-        if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(f"got {len(generator)} generators for a batch of {batch_size} images")
-            return generator
-        return [generator] * batch_size
+    def _posterior_state(
+        self, degraded: torch.Tensor, trainers: list[AlignmentTrainer], posterior: RecurrentPosteriorScheduler
+    ) -> PosteriorState:
+        """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once)."""
+        _, _, height, width = degraded.shape
+        return PosteriorState(
+            trainers=trainers,
+            degraded=degraded,
+            num_samples=posterior.config.num_samples,
+            scale=posterior.scale_for(height, width),
+            exposure_patch_size=posterior.config.exposure_patch_size,
+            perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
+            degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
+        )
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Fresh noise for every image from its own generator: (B * S, C, h, w)."""
@@ -633,10 +411,7 @@ class LDRPSPipeline(DiffusionPipeline):
         unet_batch_size: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> LDRPSPipelineOutput | tuple:
         """Restore degraded images.
@@ -672,7 +447,8 @@ class LDRPSPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        # 0. Check the arguments, resolve the preset and read the image.
+        # 0. Inputs, before any model runs: the arguments checked, the preset resolved, the images read with one
+        #    prompt and one generator each, the passes planned (Recurrence) with the guidance of each step (Guidance 2).
         self.check_inputs(
             num_inference_steps,
             recurrences,
@@ -683,163 +459,78 @@ class LDRPSPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
-        perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
-        if self.perceptual is None and perceptual_weighted:
-            self._warn_once(
-                "no perceptual",
-                "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
-                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
-            )
-        degraded = image_to_tensor(image)
+        posterior = self._posterior_scheduler(preset)
+        degraded, prompts, negative_prompts, generators = per_image_inputs(image, prompt, negative_prompt, generator)
         batch_size, _, height, width = degraded.shape
-        prompts = self._per_image(prompt, batch_size, "prompt")
-        negative_prompts = self._per_image(
-            "" if negative_prompt is None else negative_prompt, batch_size, "negative_prompt"
-        )
-        generators = self._generators(generator, batch_size)
         device = self._execution_device
-        self._use_xformers_if_installed(device)
-        self._use_decoder_attention()
+        use_xformers_if_installed(self, device)
+        self._use_vae_attention()
         degraded = degraded.to(device)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
+        passes, guidance_plans = self._plan_passes(posterior, num_inference_steps, recurrences, strength)
 
-        # 1. The pass plan: pass 0 over the full schedule, then each recurrence over its tail (checked here,
-        #    before any model runs).
-        if num_inference_steps is None:
-            num_inference_steps = posterior.config.num_inference_steps
-        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
-        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
+        # 1. Text prompt (Components: text prompt): the given one, else the captioner's description of the clean image.
+        prompts = self._prompts(prompts, degraded, posterior)
 
-        # 2. Text prompt: the given one, else the captioner's description of the clean image.
-        if prompts is None:
-            if posterior.config.use_caption and self.captioner is not None:
-                prompts = self.caption(degraded)
-            else:
-                if posterior.config.use_caption:
-                    self._warn_once("no captioner", "No prompt and no captioner: restoring with the empty prompt.")
-                prompts = [""] * batch_size
-
-        # 3. Text embeddings with classifier-free guidance (negative prompt "" by default), one row per sample.
+        # 2. CFG text embeddings (Components: CFG), the negative prompt "" by default, for every sample.
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompts, device)
+        text = TextConditioning.build(
+            prompt_embeds, negative_prompt_embeds, num_samples, self.do_classifier_free_guidance
+        )
 
-        # 4. Fresh per-image state (alignment module, optimisers, discriminators) and initial noise.
+        # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, seeded from each image's
+        #    generator (with the guidance off too, so that a seed gives the same noise), and P(y).
         trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
+        state = self._posterior_state(degraded, trainers, posterior) if posterior.guides else None
+
+        # 4. Independent noise for every sample (Samples).
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
         latents = self._noise(generators, latent_shape, device)
 
-        # 5. Recurrent posterior sampling (constants of the loop computed once).
-        embeds = self._cfg_embeddings(prompt_embeds, negative_prompt_embeds, num_samples)
-        degraded_features = self.perceptual(degraded).float() if self.perceptual is not None else None
+        # 5. Recurrent posterior sampling (Recurrence): each step the UNet with CFG, the DDIM update with the x0
+        #    clip (Components: sampler, x0 clipping), the posterior guidance (Alignment module; Guidance), the callback.
+        step_end = None
+        if callback_on_step_end is not None:
+            step_end = partial(run_step_end_callback, self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         step_index = 0
         advice = self._out_of_memory_advice(batch_size, height, width, num_samples, unet_batch_size)
         with advice, self.progress_bar(total=self._num_timesteps) as progress_bar:
-            for pass_index, timesteps in enumerate(passes):
+            for pass_index, (timesteps, guidance_plan) in enumerate(zip(passes, guidance_plans, strict=True)):
                 if self.interrupt:
                     break
-                if pass_index > 0:
-                    # Recurrence: re-noise the previous result to the strength timestep, same prompt.
+                if pass_index > 0:  # Recurrence 2: the last result re-noised to the strength timestep
                     noise = self._noise(generators, latent_shape, device)
                     latents = posterior.renoise(latents, noise, timesteps[0], self.scheduler)
                 # The UNet gets each timestep as a device tensor (copied once per pass): a Python int would
                 # make a compiled UNet recompile at every step (dynamo specialises on int arguments).
-                for t, unet_t in zip(timesteps, torch.tensor(timesteps, device=device), strict=True):
+                unet_timesteps = torch.tensor(timesteps, device=device)
+                for t, unet_t, weights in zip(timesteps, unet_timesteps, guidance_plan, strict=True):
                     if self.interrupt:
                         break
-                    step_range = record_function(PROFILER_RANGES["step"])
-                    step_range.__enter__()
-                    noise_pred = self.predict_noise(latents, unet_t, embeds, self.guidance_scale, unet_batch_size)
-                    latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
-                    # The alignment state is trained (and guides) only when the posterior guidance is on.
-                    gradient = None
-                    if posterior.guides:
-                        gradient = self.posterior_gradient(
-                            pred_original_sample, degraded, trainers, posterior, t, num_samples, degraded_features
+                    with record_function(PROFILER_RANGES["step"]):
+                        noise_pred = self.predict_noise(
+                            latents, unet_t, text.cfg_embeds, self.guidance_scale, unet_batch_size
                         )
-                    if gradient is not None:
-                        latents = latents.unflatten(0, (batch_size, num_samples))
-                        latents[:, 0] += gradient
-                        latents = latents.flatten(0, 1)
-
-                    if callback_on_step_end is not None:
-                        available = {
-                            "latents": latents,
-                            "prompt_embeds": prompt_embeds,
-                            "negative_prompt_embeds": negative_prompt_embeds,
-                        }
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                        classifier_free = self.do_classifier_free_guidance
-                        callback_outputs = callback_on_step_end(self, step_index, t, callback_kwargs)
-                        latents = callback_outputs.pop("latents", latents)
-                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                        negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        embeddings_given = (
-                            "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs
-                        )
-                        if embeddings_given or classifier_free != self.do_classifier_free_guidance:
-                            # New embeddings, or the callback switched CFG (pipe._guidance_scale) on or off.
-                            embeds = self._cfg_embeddings(
-                                prompt_embeds,
-                                negative_prompt_embeds if self.do_classifier_free_guidance else None,
-                                num_samples,
-                            )
-                    step_range.__exit__(None, None, None)
+                        latents, pred_original_sample = posterior.step(noise_pred, t, latents, self.scheduler)
+                        if state is not None:
+                            latents = self.posterior_guidance(latents, pred_original_sample, weights, state)
+                        if step_end is not None:
+                            latents, text = step_end(step_index, t, latents, text)
                     step_index += 1
                     progress_bar.update()
 
-        # 6. The result: sample 0 of the last pass, decoded and cropped to the input's size.
+        # 6. The result (Recurrence 3): sample 0 of the last pass, decoded and cropped to the input's size.
         result = latents.unflatten(0, (batch_size, num_samples))[:, 0]
-        if output_type == "latent":
-            images = result
-        else:
-            restored = self.decode(result, height, width).clamp(0, 1)
-            images = self.image_processor.postprocess(restored, output_type=output_type)
+        images = result if output_type == "latent" else self._postprocess(result, height, width, output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, prompts
         return LDRPSPipelineOutput(images=images, prompts=prompts)
 
-    @contextlib.contextmanager
-    def _out_of_memory_advice(
-        self, batch_size: int, height: int, width: int, num_samples: int, unet_batch_size: int | None
-    ) -> Iterator[None]:
-        """Re-raise a device out-of-memory error of the sampling loop with the options, not yet in use, that
-        need less memory (the original error is chained, its message kept)."""
-        try:
-            yield
-        except torch.OutOfMemoryError as error:
-            options = []
-            if not getattr(self.vae, "use_tiling", True):
-                options.append("pipe.vae.enable_tiling() (the decoder works in tiles)")
-            if not self.vae.is_gradient_checkpointing:
-                options.append("pipe.vae.enable_gradient_checkpointing() (the guidance backward keeps less)")
-            if self.unet.dtype == torch.float32 and self._execution_device.type == "cuda":
-                options.append("pipe.to(torch.bfloat16) (half the weights and activations)")
-            if unet_batch_size is None or unet_batch_size > 1:
-                options.append("unet_batch_size=1 (one UNet row per call)")
-            if num_samples > 1:
-                options.append('preset="fast" or a posterior scheduler with num_samples=1 (one sample)')
-            if batch_size > 1:
-                options.append("fewer images per call")
-            advice = "; ".join(options) if options else "a smaller image"
-            raise torch.OutOfMemoryError(
-                f"LD-RPS ran out of device memory restoring {batch_size} image(s) of {height}x{width}. "
-                f"What needs less memory: {advice}.\n{error}"
-            ) from error
-
-    @staticmethod
-    def _cfg_embeddings(
-        prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, num_samples: int
-    ) -> torch.Tensor:
-        """Embeddings aligned with the UNet batch: [uncond of every sample, cond of every sample].
-
-        Without CFG, or when the negative embeddings equal the prompt's (``uncond + s * (cond - uncond)``
-        is then ``cond``), only the conditional rows: the UNet batch halves and the result is the same.
-        """
-        cond = prompt_embeds.repeat_interleave(num_samples, dim=0)
-        if negative_prompt_embeds is None or torch.equal(negative_prompt_embeds, prompt_embeds):
-            return cond
-        return torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])
+    def _postprocess(self, result: torch.Tensor, height: int, width: int, output_type: str) -> Any:
+        """The images of ``output_type`` from the final latents of sample 0, decoded at ``height x width``."""
+        restored = self.decode(result, height, width).clamp(0, 1)
+        return self.image_processor.postprocess(restored, output_type=output_type)

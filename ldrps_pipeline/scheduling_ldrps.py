@@ -5,7 +5,8 @@
 number of ALGORITHM.md that is not a network's: pass 0 over the full schedule, then ``recurrences``
 passes over the tail that starts at the img2img timestep of ``strength``; guidance only for
 ``t < guidance_start``; the exposure and colour terms only for ``t < exposure_color_start``; the
-percentile x0 clip; the loss weights and learning rates; and the named per-task presets.
+percentile x0 clip; the loss weights and learning rates; and the named per-task presets. "Guidance" here is
+always the posterior guidance (classifier-free guidance is the pipeline's ``guidance_scale``).
 
 This module imports no sibling module, so the Hub export can ship it as the
 ``posterior_scheduler`` component's remote code.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -43,6 +45,14 @@ def percentile_clip(
     s = torch.quantile(flat, quantile, dim=1).clamp(min_threshold, max_threshold)
     s = s.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
     return torch.maximum(torch.minimum(latents, s), -s)
+
+
+def as_ddim_scheduler(scheduler: SchedulerMixin | None) -> DDIMScheduler | None:
+    """``scheduler`` itself when it is a DDIM scheduler, else a DDIM scheduler with its config (its noise
+    schedule, spacing and prediction type): LD-RPS's update is DDIM's (eta = 0)."""
+    if scheduler is None or isinstance(scheduler, DDIMScheduler):
+        return scheduler
+    return DDIMScheduler.from_config(scheduler.config)
 
 
 # Stable Diffusion's noise schedule and DDIM settings (SD 1.x / 2.x), for building a ``DDIMScheduler``.
@@ -324,6 +334,11 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
             exposure=self.config.exposure_weight if late else 0.0,
             color=self.config.color_weight if late else 0.0,
         )
+
+    def guidance_plan(self, timesteps: list[int]) -> list[GuidanceWeights | None]:
+        """The guidance of every step of a pass, planned once per pass: the loss weights at each timestep below
+        the guidance gate (:meth:`guidance_weights`), ``None`` at the others (:meth:`guidance_enabled`)."""
+        return [self.guidance_weights(t) if self.guidance_enabled(t) else None for t in timesteps]
 
     def scale_for(self, height: int, width: int) -> float:
         """The guidance step size for an image of ``height x width`` pixels."""

@@ -1,5 +1,5 @@
-"""Tiny pipeline components built from configs, offline (no weights, no downloads), for the tests; and a
-recorder of the UNet batch sizes a pipeline runs."""
+"""Tiny pipeline components built from configs, offline (no weights, no downloads), for the tests; a seeded
+restoration with them; and a recorder of the UNet batch sizes a pipeline runs."""
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -71,6 +71,13 @@ def tiny_pipeline(seed: int = 0, **overrides) -> LDRPSPipeline:
     pipe = LDRPSPipeline(**{**tiny_components(seed), **overrides})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def restore_tiny(pipe: LDRPSPipeline, image: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``pipe``'s restoration of ``image`` as a tensor: prompt "a photo", seed 0, 10 steps unless given."""
+    generator = torch.Generator().manual_seed(0)
+    kwargs.setdefault("num_inference_steps", 10)
+    return pipe(image, prompt="a photo", generator=generator, output_type="pt", **kwargs).images
 
 
 def tiny_image(height: int = 16, width: int = 16, batch: int = 1, seed: int = 0) -> torch.Tensor:

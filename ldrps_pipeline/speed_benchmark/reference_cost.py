@@ -4,10 +4,11 @@ and backpropagated through the decoder at every step, with diffusers' default SD
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
+from torch.profiler import record_function
 
-from ldrps_pipeline.alignment_ldrps import AlignmentTrainer
-from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
-from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
+from ldrps_pipeline.guidance_ldrps import PosteriorState
+from ldrps_pipeline.pipeline_ldrps import PROFILER_RANGES, LDRPSPipeline
+from ldrps_pipeline.scheduling_ldrps import GuidanceWeights
 
 
 class ReferenceCostPipeline(LDRPSPipeline):
@@ -19,43 +20,40 @@ class ReferenceCostPipeline(LDRPSPipeline):
     guidance gate its loss is 0 but the backward still runs). Only sample 0's gradient is used and
     only below the gate, so the restoration is the one of :class:`LDRPSPipeline` (up to float
     rounding); the extra work is wasted on purpose. Its VAE attention is diffusers' default SDPA, as the
-    reference's is. Do not use it to restore images.
+    reference's is (the pipeline's ``vae_attention_processor`` hook; the other rows get
+    :class:`~ldrps_pipeline.attention_ldrps.DecoderAttnProcessor` back at their next call). Do not use it
+    to restore images.
     """
 
-    def _use_decoder_attention(self) -> None:
-        """diffusers' default SDPA processor in the VAE, as the reference has (the other rows get
-        :class:`~ldrps_pipeline.attention_ldrps.DecoderAttnProcessor` back at their next call)."""
-        self.vae.set_attn_processor(AttnProcessor2_0())
+    vae_attention_processor = AttnProcessor2_0
 
-    def posterior_gradient(
+    def posterior_guidance(
         self,
+        latents: torch.Tensor,
         pred_original_sample: torch.Tensor,
-        degraded: torch.Tensor,
-        trainers: list[AlignmentTrainer],
-        posterior: RecurrentPosteriorScheduler,
-        timestep: int,
-        num_samples: int,
-        degraded_features: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """:meth:`LDRPSPipeline.posterior_gradient`, with every sample decoded and backpropagated at every step."""
-        batch_size, _, height, width = degraded.shape
-        guided = posterior.guidance_enabled(timestep)
+        weights: GuidanceWeights | None,
+        state: PosteriorState,
+    ) -> torch.Tensor:
+        """:meth:`LDRPSPipeline.posterior_guidance`, with every sample decoded and backpropagated at every step
+        and the input's perceptual features recomputed at every guided step, under the same profiler ranges."""
+        batch_size, _, height, width = state.degraded.shape
         z0 = pred_original_sample.detach().requires_grad_()
         with torch.enable_grad():
             decoded = self.decode(z0, height, width)
-        estimates = decoded.detach().unflatten(0, (batch_size, num_samples))
-        for trainer, image_estimates, y in zip(trainers, estimates, degraded.split(1), strict=True):
-            trainer.train_step(image_estimates, y, cap_perceptual=guided)
-        if not guided:
+        with record_function(PROFILER_RANGES["alignment_training"]):
+            state.train_alignment(decoded.detach().unflatten(0, (batch_size, state.num_samples)), weights is not None)
+        if weights is None:
             # The reference's loss is 0 above the gate, and it still pays for the decoder backward.
-            with torch.enable_grad():
+            with torch.enable_grad(), record_function(PROFILER_RANGES["guidance_backward"]):
                 torch.autograd.grad(0.0 * decoded.sum(), z0)
-            return None
+            return latents
 
-        # The reference recomputes the input's perceptual features at every step.
-        degraded_features = self.perceptual(degraded).float() if self.perceptual is not None else None
         with torch.enable_grad():
-            guided_estimates = decoded.unflatten(0, (batch_size, num_samples))[:, 0]
-            loss = self.guidance_loss(guided_estimates, degraded, trainers, posterior, timestep, degraded_features)
-            (gradient,) = torch.autograd.grad(-posterior.scale_for(height, width) * loss, z0)
-        return gradient.unflatten(0, (batch_size, num_samples))[:, 0]
+            with record_function(PROFILER_RANGES["guidance_loss"]):
+                # The reference recomputes the input's perceptual features at every step.
+                degraded_features = self.perceptual(state.degraded).float() if self.perceptual is not None else None
+                guided_estimates = decoded.unflatten(0, (batch_size, state.num_samples))[:, 0]
+                loss = state.loss(guided_estimates, weights, degraded_features)
+            with record_function(PROFILER_RANGES["guidance_backward"]):
+                (gradient,) = torch.autograd.grad(-state.scale * loss, z0)
+        return state.shift_sample_zero(latents, gradient.unflatten(0, (batch_size, state.num_samples))[:, 0])

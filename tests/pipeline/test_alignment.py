@@ -73,7 +73,8 @@ def test_guidance_path_gives_no_parameter_gradients():
     x = torch.rand(1, 3, 16, 16, requires_grad=True)
     y = torch.rand(1, 3, 16, 16)
     aligned = trainer.align(x)
-    adversarial = trainer.residual_adversarial_term(x, aligned, y)
+    trainer.train_residual_discriminator(x, aligned, y)
+    adversarial = trainer.residual_adversarial_term(x, y)
     d_g_grads = [p.grad.clone() for p in trainer.g_discriminator.parameters()]  # from D_g's own Adam step
     # backward(), which fills .grad of every leaf the loss depends on: only x may get one.
     (((aligned - y) ** 2).mean() + adversarial).backward()
@@ -84,8 +85,24 @@ def test_guidance_path_gives_no_parameter_gradients():
 
 def test_residual_adversarial_term_needs_the_residual_discriminator():
     x = torch.rand(1, 3, 8, 8)
+    trainer = make_trainer(adversarial=False)
     with pytest.raises(RuntimeError, match="without the residual discriminator"):
-        make_trainer(adversarial=False).residual_adversarial_term(x, x, x)
+        trainer.residual_adversarial_term(x, x)
+    with pytest.raises(RuntimeError, match="without the residual discriminator"):
+        trainer.train_residual_discriminator(x, x, x)
+
+
+def test_only_training_the_residual_discriminator_steps_its_optimiser():
+    trainer = make_trainer()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    before = [p.clone() for p in trainer.g_discriminator.parameters()]
+    trainer.residual_adversarial_term(x, y)
+    assert all(torch.equal(p, b) for p, b in zip(trainer.g_discriminator.parameters(), before, strict=True))
+    assert not trainer.g_discriminator_optimizer.state
+    trainer.train_residual_discriminator(x, trainer.align(x), y)
+    assert not all(torch.equal(p, b) for p, b in zip(trainer.g_discriminator.parameters(), before, strict=True))
+    assert trainer.g_discriminator_optimizer.state
 
 
 @pytest.mark.parametrize(("cap_perceptual", "factor"), [(False, 1.0), (True, 0.2)])
@@ -114,7 +131,8 @@ def test_bfloat16_autocast_trains_like_float32_with_float32_state():
         trainer = make_trainer(loss_weights=(3.0, 0.0, 0.1), compute_dtype=dtype)
         losses = torch.stack([trainer.train_step(estimates, degraded, cap_perceptual=True) for _ in range(10)])
         aligned = trainer.align(x)
-        guidance = ((aligned - degraded) ** 2).mean() + trainer.residual_adversarial_term(x, aligned, degraded)
+        trainer.train_residual_discriminator(x, aligned, degraded)
+        guidance = ((aligned - degraded) ** 2).mean() + trainer.residual_adversarial_term(x, degraded)
         (grad,) = torch.autograd.grad(guidance, x)
         results[dtype] = losses, aligned.detach(), grad
         # Parameters, optimiser state, losses and f's output stay float32 whatever the compute dtype.

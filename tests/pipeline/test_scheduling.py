@@ -3,7 +3,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ldrps_pipeline import PRESETS, RecurrentPosteriorScheduler
-from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG, percentile_clip
+from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG, as_ddim_scheduler, percentile_clip
 
 
 def sd_ddim() -> DDIMScheduler:
@@ -57,6 +57,26 @@ def test_guidance_gates():
     late = scheduler.guidance_weights(99)
     assert late.exposure == 1e-2 and late.color == 1e-2 and late.mse == 1.0
     assert not RecurrentPosteriorScheduler(posterior_scale=0.0).guidance_enabled(10)
+
+
+def test_guidance_plan_gives_each_steps_weights_below_the_gate_and_none_above():
+    scheduler = RecurrentPosteriorScheduler.from_preset("lowlight")
+    timesteps = [901, 700, 699, 100, 99, 1]
+    plan = scheduler.guidance_plan(timesteps)
+    assert plan[:2] == [None, None]
+    assert plan[2:] == [scheduler.guidance_weights(t) for t in timesteps[2:]]
+    assert plan[3].exposure == 0.0 and plan[4].exposure == 1e-2
+    assert RecurrentPosteriorScheduler(posterior_scale=0.0).guidance_plan(timesteps) == [None] * len(timesteps)
+
+
+def test_as_ddim_scheduler_keeps_a_ddim_scheduler_and_converts_another_with_its_config():
+    from diffusers import EulerDiscreteScheduler
+
+    ddim = sd_ddim()
+    assert as_ddim_scheduler(ddim) is ddim and as_ddim_scheduler(None) is None
+    converted = as_ddim_scheduler(EulerDiscreteScheduler.from_config(ddim.config, prediction_type="v_prediction"))
+    assert type(converted) is DDIMScheduler and converted.config.prediction_type == "v_prediction"
+    assert converted.config.timestep_spacing == ddim.config.timestep_spacing
 
 
 def test_presets_reproduce_reference_settings_and_leave_original_alone():

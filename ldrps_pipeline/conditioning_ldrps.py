@@ -1,0 +1,82 @@
+# Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
+# `run_step_end_callback` is adapted from the callback handling of diffusers' StableDiffusionPipeline
+# (Copyright The HuggingFace Team, Apache License 2.0).
+"""The UNet's text conditioning during an LD-RPS call (the rows of classifier-free guidance, CFG) and diffusers'
+step-end callbacks, which may replace the embeddings or switch CFG on or off.
+
+This module imports no sibling module, so the Hub export can copy it beside the pipeline file.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+StepEndCallback = Callable[[Any, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks
+"""``callback(pipe, step_index, timestep, callback_kwargs) -> replacements``, or a diffusers callback object."""
+
+
+@dataclass
+class TextConditioning:
+    """The UNet's text conditioning during a call.
+
+    Args:
+        prompt_embeds: the prompts' embeddings, one row per image (a step-end callback sees and may replace them).
+        negative_prompt_embeds: the negative prompts' likewise, or ``None`` without CFG.
+        num_samples: S, the latents per image.
+        cfg_embeds: the UNet batch's rows built from them: [uncond of every sample, cond of every sample], or
+            only the conditional rows without CFG or when both embeddings are equal (``uncond + s * (cond -
+            uncond)`` is then ``cond``: the UNet batch halves and the result is the same).
+    """
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    num_samples: int
+    cfg_embeds: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, num_samples: int, cfg: bool
+    ) -> "TextConditioning":
+        """The conditioning of ``num_samples`` samples per image, with CFG rows when ``cfg`` is on."""
+        cond = prompt_embeds.repeat_interleave(num_samples, dim=0)
+        cfg_embeds = cond
+        if cfg and negative_prompt_embeds is not None and not torch.equal(negative_prompt_embeds, prompt_embeds):
+            cfg_embeds = torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])
+        return cls(prompt_embeds, negative_prompt_embeds, num_samples, cfg_embeds)
+
+
+def run_step_end_callback(
+    pipe: Any,
+    callback: StepEndCallback,
+    tensor_inputs: list[str],
+    step_index: int,
+    timestep: int,
+    latents: torch.Tensor,
+    text: TextConditioning,
+) -> tuple[torch.Tensor, TextConditioning]:
+    """Run ``callback_on_step_end`` as diffusers' pipelines do: it gets ``pipe`` and the tensors named in
+    ``tensor_inputs``, and may return replacements or set ``pipe._guidance_scale``. The UNet's rows are rebuilt
+    when it was given the embeddings, or switched CFG on or off (``pipe.do_classifier_free_guidance``).
+
+    Returns:
+        The latents and the text conditioning of the next step.
+    """
+    available = {
+        "latents": latents,
+        "prompt_embeds": text.prompt_embeds,
+        "negative_prompt_embeds": text.negative_prompt_embeds,
+    }
+    callback_kwargs = {name: available[name] for name in tensor_inputs}
+    classifier_free = pipe.do_classifier_free_guidance
+    outputs = callback(pipe, step_index, timestep, callback_kwargs)
+    latents = outputs.pop("latents", latents)
+    prompt_embeds = outputs.pop("prompt_embeds", text.prompt_embeds)
+    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", text.negative_prompt_embeds)
+    embeddings_given = "prompt_embeds" in callback_kwargs or "negative_prompt_embeds" in callback_kwargs
+    if embeddings_given or classifier_free != pipe.do_classifier_free_guidance:
+        cfg = pipe.do_classifier_free_guidance
+        return latents, TextConditioning.build(prompt_embeds, negative_prompt_embeds, text.num_samples, cfg)
+    return latents, TextConditioning(prompt_embeds, negative_prompt_embeds, text.num_samples, text.cfg_embeds)
