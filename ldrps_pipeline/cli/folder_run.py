@@ -140,8 +140,8 @@ def run_jobs(
                 tqdm.write(f"ldrps-restore: error: {job.source}: {record['reason']}", file=sys.stderr)
             elif record["status"] == "done" and not quiet:
                 tqdm.write(f"{job.source} -> {job.target}  (prompt: {record['prompt']!r})")
+            bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"], refresh=False)
             bar.update()
-            bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
     return counts
 
 

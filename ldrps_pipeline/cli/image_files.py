@@ -145,7 +145,7 @@ def _from_pillow(image: PIL.Image.Image) -> ImageFile:
     rgb = np.asarray(colour)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
-    return ImageFile(np.ascontiguousarray(rgb), alpha, "8-bit", grayscale, None, tuple(notes))
+    return ImageFile(np.array(rgb), alpha, "8-bit", grayscale, None, tuple(notes))  # a writable copy for torch
 
 
 def _to_srgb(image: PIL.Image.Image, icc_profile: bytes | None, notes: list[str]) -> PIL.Image.Image:

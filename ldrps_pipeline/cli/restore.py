@@ -240,11 +240,12 @@ def launched_run_status(argv: list[str], num_processes: int, manifest: Path, num
     run that stopped before every image was handled)."""
     run = new_run_id()
     status = launch(argv, num_processes, run)
+    counts = run_counts(manifest, run)
+    unfinished = counts["done"] + counts["skipped"] + counts["failed"] < num_jobs
+    if counts["interrupted"] or (status == 0 and unfinished):
+        return 130  # a launcher stopped by a signal exits 1 after its own report of it
     if status != 0:
         return status
-    counts = run_counts(manifest, run)
-    if counts["interrupted"] or counts["done"] + counts["skipped"] + counts["failed"] < num_jobs:
-        return 130
     return 1 if counts["failed"] else 0
 
 
