@@ -18,14 +18,6 @@ from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.arguments import silenced_libraries
 from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
-from tiny_components import tiny_pipeline
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_pipeline().save_pretrained(folder)
-    return str(folder)
 
 
 def write_image(path, height=10, width=14, seed=0):
