@@ -150,14 +150,24 @@ def test_a_hub_repo_id_is_loaded_from_the_hub(saved, tmp_path, monkeypatch):
         downloads.append((repo_id, filename))
         return str(folder / filename)
 
-    def from_pretrained(model, dtype):
-        loads.append(model)
+    def from_pretrained(model, dtype, use_safetensors):
+        loads.append((model, use_safetensors))
         return "the pipeline"
 
     monkeypatch.setattr(loading, "hf_hub_download", download)
     monkeypatch.setattr(LDRPSPipeline, "from_pretrained", from_pretrained)
     assert load_pipeline("user/repo") == "the pipeline"
-    assert downloads == [("user/repo", "model_index.json")] and loads == ["user/repo"]
+    assert downloads == [("user/repo", "model_index.json")] and loads == [("user/repo", True)]
+
+
+def test_pickle_weights_are_loaded_only_when_allowed(saved, tmp_path):
+    _, reference = saved
+    folder = tmp_path / "pickled"
+    tiny_pipeline().save_pretrained(folder, safe_serialization=False)
+    assert list(folder.rglob("*.bin"))  # transformers writes the text encoder as safetensors all the same
+    with pytest.raises(OSError, match=r"only safetensors weights are loaded.*--allow-pickle"):
+        load_pipeline(str(folder))
+    assert torch.equal(restore(load_pipeline(str(folder), allow_pickle=True)), reference)
 
 
 def test_export_command_refuses_a_bad_source_or_a_used_folder_before_loading(saved, tmp_path, capsys, monkeypatch):
