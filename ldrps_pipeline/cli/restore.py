@@ -16,6 +16,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
+from accelerate import PartialState
 
 from ldrps_pipeline.cli.arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
 from ldrps_pipeline.cli.folder_run import OutputOptions, RunContext, StopRequest, record_skipped, run_jobs, summary
@@ -162,15 +163,19 @@ def planned_jobs(args: argparse.Namespace, manifest: Path) -> list[Job]:
     return jobs
 
 
-def restore_jobs(args: argparse.Namespace, state, device: torch.device, jobs: list[Job], manifest: Path) -> int:
+def restore_jobs(
+    args: argparse.Namespace, state: PartialState, device: torch.device, jobs: list[Job], manifest: Path
+) -> int:
     """This process's part of the run: the jobs whose outputs are missing, split between the processes."""
     run = run_id(state)
     multi = state.num_processes > 1
     writer = ManifestWriter(part_path(manifest, state.process_index) if multi else manifest)
     if state.is_main_process:
         merge_parts(manifest, leftover_parts(manifest))  # from a killed multi-process run
-    pending = [job for job in jobs if args.overwrite or not job.target.exists()]
-    existing = [job for job in jobs if job not in pending]
+    pending: list[Job] = []
+    existing: list[Job] = []
+    for job in jobs:
+        (existing if job.target.exists() and not args.overwrite else pending).append(job)
     state.wait_for_everyone()  # every process has planned before any output is written: one split for all
     context = RunContext(run, state.process_index, str(device), args.preset)
     options = RestorationOptions(

@@ -41,9 +41,13 @@ def test_a_writer_killed_mid_write_leaves_no_partial_file_under_the_final_name(t
     # The child writes half the bytes, says so, and waits to be killed (SIGKILL: no clean-up can run).
     script = textwrap.dedent(
         f"""
-        import os, sys, time
+        import importlib.util, time
         from pathlib import Path
-        from ldrps_pipeline.cli import atomic_files
+
+        # The module alone (standard library only), without the package and its torch import.
+        spec = importlib.util.spec_from_file_location("atomic_files", {atomic_files.__file__!r})
+        atomic_files = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(atomic_files)
 
         def stalled_fsync(fd):
             print("writing", flush=True)
