@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     if launched > 1 and args.device not in (None, "cpu", "cuda"):
         parser.error(f"--device {args.device}: with several processes each uses its own device; give cpu or cuda")
     device = checked_model_and_device(parser, args.model, args.device)
+    if args.num_processes > 1 and device.type == "cuda" and args.num_processes > torch.cuda.device_count():
+        parser.error(
+            f"--num-processes {args.num_processes}: one CUDA device per process, and this machine has "
+            f"{torch.cuda.device_count()} (use accelerate config for several machines)"
+        )
     manifest = args.manifest or args.output_dir / DEFAULT_MANIFEST_NAME
     try:
         jobs = planned_jobs(args, manifest)

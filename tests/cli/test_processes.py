@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from command_line import refused
 
+from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.processes import launch_command
 
 
@@ -43,3 +45,14 @@ def test_the_launch_command_is_accelerate_launch_of_this_module():
     command = launch_command(["photos", "-o", "out"], 4)
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes=4" in command
     assert command[-5:] == ["-m", "ldrps_pipeline.cli.restore", "photos", "-o", "out"]
+
+
+def test_options_that_contradict_a_launch_are_refused(model, tmp_path, capsys, monkeypatch):
+    image = tmp_path / "a.png"
+    PIL.Image.new("RGB", (8, 8)).save(image)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch --num_processes 2 sets it
+    argv = [image, "-o", tmp_path / "out", "--model", model]
+    assert "--num-processes 3 inside a launch of 2 processes" in refused(
+        cli.main, capsys, [*argv, "--num-processes", "3"]
+    )
+    assert "each uses its own device" in refused(cli.main, capsys, [*argv, "--device", "cuda:1"])
