@@ -102,6 +102,22 @@ def test_sigint_abandons_the_image_in_progress_and_a_rerun_does_what_is_left(mod
     assert len(photos) == len(list(out.glob("*.png")))
 
 
+def test_a_second_sigint_stops_at_once_and_records_the_image(model, tmp_path, monkeypatch, capsys):
+    photo(tmp_path / "in" / "a.png")
+
+    def ctrl_c_twice(pipe, image, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second raises KeyboardInterrupt here, inside the restoration
+        pytest.fail("the second SIGINT did not stop the run")
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", ctrl_c_twice)
+    out = tmp_path / "out"
+    assert run(model, tmp_path / "in", "-o", out) == 130
+    assert "stopped; the manifest records what finished" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["ldrps-manifest.jsonl"]
+    assert records(out / "ldrps-manifest.jsonl")[0]["reason"] == "stopped at once by a second signal"
+
+
 def test_sigterm_to_the_installed_command_leaves_no_partial_file(tmp_path):
     source = photo(tmp_path / "photo.png", 32, 32)
     out = tmp_path / "out"
