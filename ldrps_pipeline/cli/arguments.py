@@ -21,33 +21,20 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 """The seeds ``torch.Generator.manual_seed`` accepts."""
 
 
-def int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[minimum, maximum]`` (no upper bound for ``None``)."""
-    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-def float_in(minimum: float, maximum: float | None = None, *, above_minimum: bool = False) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number from ``minimum`` (excluded if ``above_minimum``) to ``maximum``
-    (no upper bound for ``None``)."""
+def number_in(
+    kind: type[int] | type[float], minimum: float, maximum: float | None = None, *, above_minimum: bool = False
+) -> Callable[[str], int | float]:
+    """An argparse ``type``: a number of ``kind`` (``int``, or ``float``: finite) from ``minimum`` (excluded if
+    ``above_minimum``) to ``maximum`` (no upper bound for ``None``)."""
+    what, shown = ("an integer", str) if kind is int else ("a finite number", "{:g}".format)
     if maximum is None:
-        expected = f"a finite number {'>' if above_minimum else '>='} {minimum:g}"
+        expected = f"{what} {'>' if above_minimum else '>='} {shown(minimum)}"
     else:
-        expected = f"a finite number in {'(' if above_minimum else '['}{minimum:g}, {maximum:g}]"
+        expected = f"{what} in {'(' if above_minimum else '['}{shown(minimum)}, {shown(maximum)}]"
 
-    def parse(text: str) -> float:
+    def parse(text: str) -> int | float:
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
         too_low = value <= minimum if above_minimum else value < minimum
@@ -58,6 +45,26 @@ def float_in(minimum: float, maximum: float | None = None, *, above_minimum: boo
     return parse
 
 
+def int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[minimum, maximum]`` (no upper bound for ``None``)."""
+    return number_in(int, minimum, maximum)
+
+
+def float_in(minimum: float, maximum: float | None = None, *, above_minimum: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``minimum`` (excluded if ``above_minimum``) to ``maximum``
+    (no upper bound for ``None``)."""
+    return number_in(float, minimum, maximum, above_minimum=above_minimum)
+
+
+def nearest_existing_folder(path: Path) -> Path:
+    """The nearest of ``path`` and its ancestors that exists, where ``path`` (a new file or folder) would be
+    created; raises ``ValueError`` naming it when it is a file, not a folder."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a folder")
+    return existing
+
+
 def check_new_file(path: Path) -> None:
     """Raise ``ValueError`` naming ``path`` unless a new file can be created there (as the commands' ``--json``
     needs): nothing is there yet (not a file, a folder or a link) and its nearest existing ancestor is a folder."""
@@ -65,9 +72,10 @@ def check_new_file(path: Path) -> None:
         raise ValueError(f"{path} is a folder; give the path of a new file")
     if path.exists() or path.is_symlink():
         raise ValueError(f"{path} exists; give the path of a new file (an existing one is never overwritten)")
-    ancestor = next(p for p in path.parents if p.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"{path} cannot be created: {ancestor} is a file, not a folder")
+    try:
+        nearest_existing_folder(path.parent)
+    except ValueError as error:
+        raise ValueError(f"{path} cannot be created: {error}") from None
 
 
 def checked_json_path(parser: argparse.ArgumentParser, path: Path) -> None:

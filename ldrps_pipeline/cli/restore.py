@@ -1,31 +1,62 @@
-"""``ldrps-restore INPUT... -o OUTPUT_DIR``: restore image files with LD-RPS.
+"""``ldrps-restore INPUT... -o OUTPUT_DIR``: restore image files and folders of them with LD-RPS.
 
-Each input is restored into OUTPUT_DIR under its own name (as PNG). The command never writes
-over an input, refuses two inputs that would land on the same output name, and does not
-replace an existing output unless ``--overwrite`` is given. Bad options are refused before the
-model loads (exit status 2); running out of device memory stops with a one-line error naming the
-options that need less memory (exit status 1), keeping the images already restored.
+Inputs are files, folders (``--recursive`` for their sub-folders) and globs; each is restored into OUTPUT_DIR,
+mirroring sub-folders, as ``<name><suffix>.<ext>``. Outputs are written atomically and existing ones are skipped,
+so running the same command again does only what is left; inputs are never modified. A manifest records every
+image (JSON Lines). An image that fails is named with its cause on one line and the run goes on; the exit status
+is 1 if any failed. Bad options are refused before the model loads (exit status 2). ``accelerate launch`` or
+``--num-processes N`` spreads the images over several processes, one device each.
 """
 
 import argparse
 import contextlib
 import sys
+from collections import Counter
 from pathlib import Path
 
 import PIL.Image
 import torch
+from accelerate import PartialState
 
 from ldrps_pipeline.cli.arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
+from ldrps_pipeline.cli.folder_run import OutputOptions, RunContext, StopRequest, record_skipped, run_jobs, summary
+from ldrps_pipeline.cli.image_writing import OUTPUT_EXTENSIONS
+from ldrps_pipeline.cli.inputs import Job, check_writable_folder, find_inputs, plan_jobs
+from ldrps_pipeline.cli.manifest import (
+    DEFAULT_MANIFEST_NAME,
+    ManifestWriter,
+    leftover_parts,
+    merge_parts,
+    part_path,
+    read_records,
+)
+from ldrps_pipeline.cli.processes import launch, launched_processes, new_run_id, process_state, run_id
+from ldrps_pipeline.cli.restoration import RestorationOptions, check_pass_plan
 from ldrps_pipeline.hub.loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
-from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import PRESETS
+
+DEFAULT_MAX_PIXELS = 2048 * 2048
+"""The default ``--max-pixels``: about a 4-megapixel photo."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ldrps-restore``."""
     parser = argparse.ArgumentParser(prog="ldrps-restore", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files to restore")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or quoted globs ('photos/**/*.jpg')")
     parser.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the restored images")
+    parser.add_argument("--recursive", action="store_true", help="also restore the images in sub-folders")
+    parser.add_argument("--ext", choices=OUTPUT_EXTENSIONS, default="png", help="output format (default png)")
+    parser.add_argument(
+        "--suffix",
+        default=None,
+        help="added to each output's name (default: none, or _restored when outputs would lie beside the inputs)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help=f"the JSON Lines record (default: OUTPUT_DIR/{DEFAULT_MANIFEST_NAME})",
+    )
     parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default=None, help="per-task settings, or fast (one sample, 50 + 25 steps)"
@@ -43,8 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--guidance-scale", type=float_in(0), default=8.0, help="classifier-free guidance scale (default 8)"
     )
-    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed of every image (default 0)")
     parser.add_argument("--prompt", default=None, help="describe the clean image (skips the captioner)")
+    parser.add_argument(
+        "--keep-gray",
+        action="store_true",
+        help="write gray inputs back as gray images (default: colourised, the paper's reading of a gray photo)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int_in(1, PIL.Image.MAX_IMAGE_PIXELS),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger inputs (default {DEFAULT_MAX_PIXELS}; at most Pillow's decompression-bomb limit)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype",
@@ -64,91 +106,158 @@ def build_parser() -> argparse.ArgumentParser:
         help="less device memory, more time: the VAE decoder in tiles and with gradient checkpointing, one UNet row "
         "per call (for large images on a small card)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load weights from pickle files (.bin, .pt), which can run code: only for a model you trust",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int_in(1),
+        default=1,
+        help="spread the images over N processes, one device each (runs accelerate launch; default 1)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages (errors still print)")
     return parser
-
-
-def plan_outputs(inputs: list[Path], output_dir: Path, overwrite: bool) -> list[Path]:
-    """The output path of every input; raises ``ValueError`` for any conflict before anything runs."""
-    missing = [str(p) for p in inputs if not p.is_file()]
-    if missing:
-        raise ValueError(f"input files not found: {', '.join(missing)}")
-    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{existing} is a file, not a folder; choose another output folder")
-    outputs = [output_dir / f"{p.stem}.png" for p in inputs]
-    resolved_inputs = {p.resolve() for p in inputs}
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, outputs, strict=True):
-        if target.resolve() in resolved_inputs:
-            raise ValueError(f"{target} is an input file; choose another output folder")
-        if target in seen:
-            raise ValueError(f"{seen[target]} and {source} would both be written to {target}")
-        seen[target] = source
-        if target.is_dir():
-            raise ValueError(f"{target} is a folder; move it or choose another output folder")
-        if target.exists() and not overwrite:
-            raise ValueError(f"{target} exists; pass --overwrite to replace it")
-    return outputs
-
-
-def out_of_memory_advice(args: argparse.Namespace, pipe: LDRPSPipeline, image: PIL.Image.Image) -> str:
-    """What to say when restoring ``image`` ran out of device memory: its size, and the options not yet given
-    that need less memory."""
-    options = [] if args.low_memory else ["--low-memory"]
-    if pipe.unet.dtype == torch.float32 and pipe.device.type == "cuda":
-        options.append("--dtype bfloat16")
-    if args.preset != "fast":
-        options.append("--preset fast (one sample, fewer steps)")
-    advice = ", ".join(options) if options else "a smaller image"
-    return f"out of device memory restoring {image.width}x{image.height} px; what needs less memory: {advice}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-restore``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    launched = launched_processes()
+    if launched > 1 and args.num_processes not in (1, launched):
+        parser.error(f"--num-processes {args.num_processes} inside a launch of {launched} processes")
+    if launched > 1 and args.device not in (None, "cpu", "cuda"):
+        parser.error(f"--device {args.device}: with several processes each uses its own device; give cpu or cuda")
     device = checked_model_and_device(parser, args.model, args.device)
+    if args.num_processes > 1 and device.type == "cuda" and args.num_processes > torch.cuda.device_count():
+        parser.error(
+            f"--num-processes {args.num_processes}: one CUDA device per process, and this machine has "
+            f"{torch.cuda.device_count()} (use accelerate config for several machines)"
+        )
+    manifest = args.manifest or args.output_dir / DEFAULT_MANIFEST_NAME
     try:
-        outputs = plan_outputs(args.inputs, args.output_dir, args.overwrite)
-        images = [PIL.Image.open(p).convert("RGB") for p in args.inputs]
-    except (ValueError, OSError) as error:
+        jobs = planned_jobs(args, manifest)
+    except ValueError as error:
         print(f"ldrps-restore: error: {error}", file=sys.stderr)
         return 2
+    if args.num_processes > 1 and launched == 1:
+        return launched_run_status(argv, args.num_processes, manifest, len(jobs))
+    state = process_state(args.device)
+    if state.num_processes > 1:
+        device = state.device
+    try:
+        return restore_jobs(args, state, device, jobs, manifest)
+    except KeyboardInterrupt:
+        print("ldrps-restore: stopped; the manifest records what finished", file=sys.stderr)
+        return 130
+
+
+def planned_jobs(args: argparse.Namespace, manifest: Path) -> list[Job]:
+    """The jobs of the command's inputs; ``ValueError`` for any conflict, an output folder or a manifest that
+    cannot be written, before any model loads."""
+    inputs = find_inputs(args.inputs, recursive=args.recursive, output_dir=args.output_dir)
+    jobs, _ = plan_jobs(inputs, args.output_dir, extension=args.ext, suffix=args.suffix)
+    check_writable_folder(args.output_dir)
+    if manifest.is_dir():
+        raise ValueError(f"--manifest {manifest} is a folder; give the path of a file")
+    check_writable_folder(manifest.parent)
+    return jobs
+
+
+def restore_jobs(
+    args: argparse.Namespace, state: PartialState, device: torch.device, jobs: list[Job], manifest: Path
+) -> int:
+    """This process's part of the run: the jobs whose outputs are missing, split between the processes."""
+    run = run_id(state)
+    multi = state.num_processes > 1
+    writer = ManifestWriter(part_path(manifest, state.process_index) if multi else manifest)
+    if state.is_main_process:
+        merge_parts(manifest, leftover_parts(manifest))  # from a killed multi-process run
+    pending: list[Job] = []
+    existing: list[Job] = []
+    for job in jobs:
+        (existing if job.target.exists() and not args.overwrite else pending).append(job)
+    state.wait_for_everyone()  # every process has planned before any output is written: one split for all
+    context = RunContext(run, state.process_index, str(device), args.preset)
+    options = RestorationOptions(
+        preset=args.preset,
+        steps=args.steps,
+        recurrences=args.recurrences,
+        strength=args.strength,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        prompt=args.prompt,
+        low_memory=args.low_memory,
+    )
+    outputs = OutputOptions(args.output_dir, args.ext, args.keep_gray, args.max_pixels)
+    show_progress = not args.quiet and state.is_local_main_process
     with silenced_libraries() if args.quiet else contextlib.nullcontext():
         try:
-            pipe = load_pipeline(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
-        except OSError as error:
+            dtype = resolve_dtype(args.dtype, device)
+            pipe = load_pipeline(args.model, dtype=dtype, allow_pickle=args.allow_pickle).to(device)
+            check_pass_plan(pipe, options)
+        except (OSError, ValueError) as error:
             print(f"ldrps-restore: error: {error}", file=sys.stderr)
             return 2
-        pipe.set_progress_bar_config(disable=args.quiet)
+        pipe.set_progress_bar_config(disable=not show_progress, leave=False, position=1, desc="steps")
         if args.low_memory:
             pipe.vae.enable_tiling()
             pipe.vae.enable_gradient_checkpointing()
         if args.compile:
             pipe.enable_torch_compile()
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        for source, target, image in zip(args.inputs, outputs, images, strict=True):
-            try:
-                result = pipe(
-                    image,
-                    prompt=args.prompt,
-                    num_inference_steps=args.steps,
-                    recurrences=args.recurrences,
-                    strength=args.strength,
-                    guidance_scale=args.guidance_scale,
-                    preset=args.preset,
-                    generator=torch.Generator().manual_seed(args.seed),
-                    unet_batch_size=1 if args.low_memory else None,
-                )
-            except ValueError as error:
-                print(f"ldrps-restore: error: {source}: {error}", file=sys.stderr)
-                return 2
-            except torch.OutOfMemoryError:
-                print(f"ldrps-restore: error: {source}: {out_of_memory_advice(args, pipe, image)}", file=sys.stderr)
-                return 1
-            result.images[0].save(target)
-            if not args.quiet:
-                print(f"{source} -> {target}  (prompt: {result.prompts[0]!r})")
-    return 0
+        if state.is_main_process:
+            record_skipped(existing, context, writer)
+        with state.split_between_processes(pending) as share, StopRequest() as stop:
+            counts = run_jobs(
+                pipe,
+                share,
+                options=options,
+                outputs=outputs,
+                context=context,
+                manifest=writer,
+                stop=stop,
+                show_progress=show_progress,
+                quiet=args.quiet,
+                skipped=len(existing) if state.is_main_process else 0,
+            )
+    state.wait_for_everyone()
+    if multi and state.is_main_process:
+        merge_parts(
+            manifest, [p for p in map(lambda i: part_path(manifest, i), range(state.num_processes)) if p.exists()]
+        )
+    if state.is_main_process and not args.quiet:
+        print(summary(run_counts(manifest, run), manifest))
+    if multi:
+        # Under a launcher, a process that exits non-zero makes it print a traceback of its own: the processes of a
+        # multi-process run exit 0; the summary, the manifest and --num-processes's exit status tell what failed.
+        return 0
+    if stop:
+        return 128 + stop.signal_number
+    return 1 if counts["failed"] else 0
+
+
+def run_counts(manifest: Path, run: str) -> Counter:
+    """How many records of each status the run ``run`` left in ``manifest``."""
+    return Counter(record["status"] for record in read_records(manifest) if record.get("run") == run)
+
+
+def launched_run_status(argv: list[str], num_processes: int, manifest: Path, num_jobs: int) -> int:
+    """Run the command in ``num_processes`` processes; the exit status a single process would give (130 for a
+    run that stopped before every image was handled)."""
+    run = new_run_id()
+    status = launch(argv, num_processes, run)
+    counts = run_counts(manifest, run)
+    unfinished = counts["done"] + counts["skipped"] + counts["failed"] < num_jobs
+    if counts["interrupted"] or (status == 0 and unfinished):
+        return 130  # a launcher stopped by a signal exits 1 after its own report of it
+    if status != 0:
+        return status
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

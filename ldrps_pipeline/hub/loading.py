@@ -115,7 +115,7 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPipeline:
+def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> LDRPSPipeline:
     """Load ``model`` as an :class:`LDRPSPipeline`.
 
     Args:
@@ -124,17 +124,29 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32) -> LDRPSPip
             ``"stabilityai/stable-diffusion-2-1-base"``), which gets a default alignment module and
             posterior scheduler.
         dtype: the weights' dtype.
+        allow_pickle: also load weights from pickle files (``.bin``, ``.pt``), which can run arbitrary code when
+            loaded; by default only safetensors weights are loaded.
 
     Raises:
         ValueError: for a ``model`` that :func:`resolve_model` rejects, before anything is loaded.
         OSError: naming ``model``, when it is a Hub id that cannot be loaded (no connection, no such
-            repository, no access).
+            repository, no access), or when it has weights only in pickle files and ``allow_pickle`` is false.
     """
     model = resolve_model(model)
     class_name = _model_index(model)["_class_name"]
-    if "LDRPSPipeline" in (class_name if isinstance(class_name, list) else [class_name]):
-        return LDRPSPipeline.from_pretrained(model, dtype=dtype)
-    base = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+    # use_safetensors=True refuses pickle weights; None prefers safetensors and falls back to pickle files.
+    use_safetensors = None if allow_pickle else True
+    try:
+        if "LDRPSPipeline" in (class_name if isinstance(class_name, list) else [class_name]):
+            return LDRPSPipeline.from_pretrained(model, dtype=dtype, use_safetensors=use_safetensors)
+        base = DiffusionPipeline.from_pretrained(model, dtype=dtype, use_safetensors=use_safetensors)
+    except OSError as error:
+        if allow_pickle or "safetensors" not in str(error):
+            raise
+        raise OSError(
+            f"{model}: only safetensors weights are loaded, and some are missing ({error}); pickle weights can run "
+            "code when loaded: allow them (--allow-pickle, load_pipeline(allow_pickle=True)) only for a model you trust"
+        ) from error
     return LDRPSPipeline.from_pipe(
         base, aligner=AlignmentModule(), posterior_scheduler=RecurrentPosteriorScheduler(), dtype=dtype
     )

@@ -18,14 +18,6 @@ from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.arguments import silenced_libraries
 from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
-from tiny_components import tiny_pipeline
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_pipeline().save_pretrained(folder)
-    return str(folder)
 
 
 def write_image(path, height=10, width=14, seed=0):
@@ -50,25 +42,28 @@ def refused(capsys, argv):
 
 def test_restores_each_input_under_its_name(model, tmp_path):
     a = write_image(tmp_path / "a.png")
-    b = write_image(tmp_path / "b.jpg", 9, 5, seed=1)
+    b = write_image(tmp_path / "b.jpg", 9, 8, seed=1)
     before = a.read_bytes()
     assert restore(model, a, b, "-o", tmp_path / "out") == 0
     assert PIL.Image.open(tmp_path / "out" / "a.png").size == (14, 10)
-    assert PIL.Image.open(tmp_path / "out" / "b.png").size == (5, 9)
+    assert PIL.Image.open(tmp_path / "out" / "b.png").size == (8, 9)
     assert a.read_bytes() == before
 
 
-def test_never_writes_over_an_input_or_an_existing_output(model, tmp_path, capsys):
+def test_never_writes_over_an_input_and_skips_existing_outputs(model, tmp_path, capsys):
     a = write_image(tmp_path / "a.png")
     before = a.read_bytes()
-    assert restore(model, a, "-o", tmp_path) == 2  # would write tmp_path/a.png, the input itself
-    assert "is an input file" in capsys.readouterr().err
-    assert a.read_bytes() == before
+    # -o is the input's folder: the output takes the suffix _restored and the run goes ahead.
+    assert restore(model, a, "-o", tmp_path) == 0
+    assert a.read_bytes() == before and PIL.Image.open(tmp_path / "a_restored.png").size == (14, 10)
+    # An explicit suffix that would name the input itself is refused before anything runs.
+    assert restore(model, a, "-o", tmp_path, "--suffix", "") == 2
+    assert "is an input file" in capsys.readouterr().err and a.read_bytes() == before
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").write_bytes(b"keep me")
-    assert restore(model, a, "-o", out) == 2
-    assert "--overwrite" in capsys.readouterr().err and (out / "a.png").read_bytes() == b"keep me"
+    assert restore(model, a, "-o", out) == 0  # skipped and counted, not replaced
+    assert (out / "a.png").read_bytes() == b"keep me"
     assert restore(model, a, "-o", out, "--overwrite") == 0
     assert PIL.Image.open(out / "a.png").size == (14, 10)
 
@@ -135,8 +130,8 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
 
     names = []
 
-    def load(name, *, dtype):
-        names.append(name)
+    def load(name, *, dtype, allow_pickle):
+        names.append((name, allow_pickle))
         raise Loading
 
     monkeypatch.setattr(cli, "load_pipeline", load)
@@ -144,7 +139,7 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
     a = write_image(tmp_path / "a.png")
     with pytest.raises(Loading):
         cli.main([str(a), "-o", "out", "--model", "user/repo", "--quiet"])
-    assert names == ["user/repo"]
+    assert names == [("user/repo", False)]  # safetensors only unless --allow-pickle
 
 
 def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -221,8 +216,8 @@ def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypat
     loaded = []
     load = cli.load_pipeline
 
-    def recording_load(name, *, dtype):
-        pipe = load(name, dtype=dtype)
+    def recording_load(name, *, dtype, allow_pickle):
+        pipe = load(name, dtype=dtype, allow_pickle=allow_pickle)
         loaded.append(pipe.unet.dtype)
         return pipe
 
@@ -297,15 +292,15 @@ def test_out_of_device_memory_is_a_clear_error_and_keeps_earlier_outputs(model, 
     call = LDRPSPipeline.__call__
 
     def out_of_memory_on_the_second_image(pipe, image, **kwargs):
-        if image.size == (5, 9):
+        if image.shape[:2] == (9, 8):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return call(pipe, image, **kwargs)
 
     monkeypatch.setattr(LDRPSPipeline, "__call__", out_of_memory_on_the_second_image)
-    a, b = write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png", 9, 5, seed=1)
-    assert restore(model, a, b, "-o", tmp_path / "out") == 1
+    a, b = write_image(tmp_path / "a.png"), write_image(tmp_path / "b.png", 9, 8, seed=1)
+    assert restore(model, b, a, "-o", tmp_path / "out") == 1  # the run goes on after the failure
     error = capsys.readouterr().err
-    assert f"ldrps-restore: error: {b}: out of device memory restoring 5x9 px" in error
+    assert f"ldrps-restore: error: {b}: out of device memory restoring 8x9 px" in error
     assert "--low-memory" in error and "--preset fast" in error and "Traceback" not in error
     assert (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "b.png").exists()
     # Options already given are not offered again.

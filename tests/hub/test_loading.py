@@ -9,7 +9,7 @@ from remote_code import PIPELINE_FILE, restore, run_fresh
 from ldrps_pipeline import AlignmentModule, LDRPSPipeline, RecurrentPosteriorScheduler
 from ldrps_pipeline.hub import loading
 from ldrps_pipeline.hub.loading import demo_model_path, load_pipeline, resolve_model
-from tiny_components import tiny_components
+from tiny_components import tiny_components, tiny_pipeline
 
 
 def test_save_and_from_pretrained_round_trip(saved):
@@ -73,11 +73,21 @@ def test_a_hub_repo_id_is_loaded_from_the_hub(saved, tmp_path, monkeypatch):
         downloads.append((repo_id, filename))
         return str(folder / filename)
 
-    def from_pretrained(model, dtype):
-        loads.append(model)
+    def from_pretrained(model, dtype, use_safetensors):
+        loads.append((model, use_safetensors))
         return "the pipeline"
 
     monkeypatch.setattr(loading, "hf_hub_download", download)
     monkeypatch.setattr(LDRPSPipeline, "from_pretrained", from_pretrained)
     assert load_pipeline("user/repo") == "the pipeline"
-    assert downloads == [("user/repo", "model_index.json")] and loads == ["user/repo"]
+    assert downloads == [("user/repo", "model_index.json")] and loads == [("user/repo", True)]
+
+
+def test_pickle_weights_are_loaded_only_when_allowed(saved, tmp_path):
+    _, reference = saved
+    folder = tmp_path / "pickled"
+    tiny_pipeline().save_pretrained(folder, safe_serialization=False)
+    assert list(folder.rglob("*.bin"))  # transformers writes the text encoder as safetensors all the same
+    with pytest.raises(OSError, match=r"only safetensors weights are loaded.*--allow-pickle"):
+        load_pipeline(str(folder))
+    assert torch.equal(restore(load_pipeline(str(folder), allow_pickle=True)), reference)
