@@ -6,7 +6,7 @@
 #
 # 1. installs the carried wheels (.whl/: diffusers, xformers, pytest and its dependencies) into /tmp/site,
 # 2. runs the CUDA-only tests (tests/pipeline/test_gpu.py; GPU_TESTS_K="pytest -k expression" selects some),
-# 3. runs examples/inductor_bf16_grad_repro.py on CUDA (recorded in $OUT/inductor_repro.txt, not fatal)
+# 3. runs examples/development/inductor_bf16_grad_repro.py on CUDA (recorded in $OUT/inductor_repro.txt, not fatal)
 #    (GPU_TESTS=0 leaves out steps 2 and 3, for a second call that only adds benchmark rows),
 # 4. runs ldrps-speed-benchmark, writing $OUT/speed.json; the logs go to $OUT/ too.
 # The exit status is the first failure's.
@@ -25,7 +25,7 @@ if [ "${GPU_TESTS:-1}" != 0 ]; then
   python3 -m pytest -q -p no:cacheprovider -rs -k "${GPU_TESTS_K:-}" tests/pipeline/test_gpu.py 2>&1 | tee "$out/test_gpu.txt"
   tests=${PIPESTATUS[0]}
   # A plain-PyTorch check of the inductor bf16 gradient bug seen on the CPU (recorded, not fatal).
-  python3 examples/inductor_bf16_grad_repro.py cuda 2>&1 | tail -1 | tee "$out/inductor_repro.txt"
+  python3 examples/development/inductor_bf16_grad_repro.py cuda 2>&1 | tail -1 | tee "$out/inductor_repro.txt"
 fi
 python3 -m ldrps_pipeline.speed_benchmark.command --json "$out/speed.json" --commit "$commit" "$@" 2>&1 | tee "$out/log.txt"
 bench=${PIPESTATUS[0]}

@@ -64,7 +64,7 @@ class SpeedAndMemoryOptions:
         followed by the nearest-upsampling convolution), which silently switched the guidance off. Its
         fusion pass re-reads a node's dependencies without the renames of a mutated buffer, so the cast
         of the upsampling's scatter-add result runs before the scatter-add (traced in
-        ``examples/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
+        ``examples/development/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
         this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
         """
         if self._xformers_attention is None:

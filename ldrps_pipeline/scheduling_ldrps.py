@@ -223,7 +223,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
         aligner_loss_weights: ``(w_mse, w_pse, w_adv)`` of the online training of ``f``. The default
             ``(3.0, 0.1, 0.1)`` was chosen among three candidates on crops of training photos
-            (``examples/tune_default_preset.py``): a strong identity term keeps ``f`` from absorbing
+            (``examples/development/tune_default_preset.py``): a strong identity term keeps ``f`` from absorbing
             noise, blur, rain and colour loss, so the guidance pulls harder there.
         aligner_perceptual_cap: while guidance is on, an ``f``-training perceptual term above this...
         aligner_perceptual_cap_factor: ...is multiplied by this.

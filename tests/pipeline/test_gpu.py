@@ -121,7 +121,7 @@ def test_cuda_graphs_of_the_compiled_unet_and_decoder_give_the_same_result(refer
 
 def test_compiled_bfloat16_decoder_gives_the_eager_guidance_gradient(fresh_dynamo):
     # On the CPU (torch 2.13) inductor's C++ backend returned an all-zero gradient here, so enable_torch_compile
-    # leaves a bf16 CPU decoder uncompiled (examples/inductor_bf16_grad_repro.py has the cause); this checks
+    # leaves a bf16 CPU decoder uncompiled (examples/development/inductor_bf16_grad_repro.py has the cause); this checks
     # that the CUDA path, which it does compile, is right.
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     eager = decoder_gradient(tiny_pipeline().to("cuda", torch.bfloat16), latents)

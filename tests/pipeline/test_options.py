@@ -88,7 +88,7 @@ def test_torch_compile_gives_the_same_result(reference, fresh_dynamo):
 def test_torch_compile_leaves_a_bfloat16_cpu_decoder_uncompiled(fresh_dynamo, caplog):
     # Measured with torch 2.13: inductor's gradient through the bf16 decoder's up-blocks on the CPU is
     # all zeros (aot_eager gives the right one), which would switch the guidance off without a word
-    # (the cause, in inductor's C++ backend, is traced in examples/inductor_bf16_grad_repro.py).
+    # (the cause, in inductor's C++ backend, is traced in examples/development/inductor_bf16_grad_repro.py).
     pipe = tiny_pipeline().to(dtype=torch.bfloat16)
     with caplog.at_level(logging.WARNING):
         logging.enable_propagation()
