@@ -9,6 +9,7 @@ Hub export), ``evaluation`` (degradations, metrics, baselines, photos, quality b
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer, PatchDiscriminator
 from .attention_ldrps import DecoderAttnProcessor
+from .guidance_ldrps import NonFiniteSampleError
 from .perceptual_ldrps import PerceptualFeatures
 from .pipeline_ldrps import LDRPSPipeline, LDRPSPipelineOutput
 from .scheduling_ldrps import PRESETS, RecurrentPosteriorScheduler
@@ -20,6 +21,7 @@ __all__ = [
     "DecoderAttnProcessor",
     "LDRPSPipeline",
     "LDRPSPipelineOutput",
+    "NonFiniteSampleError",
     "PatchDiscriminator",
     "PerceptualFeatures",
     "RecurrentPosteriorScheduler",

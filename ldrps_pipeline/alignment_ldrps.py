@@ -130,9 +130,14 @@ class PatchDiscriminator(nn.Module):
 
 
 def _bce(probabilities: torch.Tensor, real: bool) -> torch.Tensor:
-    """Binary cross-entropy against an all-real or all-fake target, in float32 and outside any autocast region."""
+    """Binary cross-entropy against an all-real or all-fake target, in float32 and outside any autocast region.
+
+    A NaN probability (from a non-finite estimate) is taken as 0.5: torch's BCE refuses NaN, with an error on the
+    CPU and a device-side assert on CUDA, which would end the process before the pipeline's end-of-pass check
+    (``guidance_ldrps.NonFiniteFlags``) can report the pass; the NaN still reaches the weights through the
+    sigmoid's backward, and from them the guidance loss. Finite probabilities are unchanged."""
     with torch.autocast(probabilities.device.type, enabled=False):
-        probabilities = probabilities.float()
+        probabilities = torch.nan_to_num(probabilities.float(), nan=0.5)
         return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, float(real)))
 
 

@@ -1,6 +1,8 @@
 """The posterior guidance of LD-RPS, in the order of ALGORITHM.md ("Alignment module", steps 1-2, and
 "Guidance (posterior) term", steps 1-5): the loss terms, their sum :func:`posterior_loss`, and
-:class:`PosteriorGuidance`, the pipeline's step that trains the alignment states and shifts sample 0.
+:class:`PosteriorGuidance`, the pipeline's step that trains the alignment states and shifts sample 0; and
+:class:`NonFiniteFlags`, the device-side record of non-finite latents, losses and gradients that the pipeline
+reads once per pass (:class:`NonFiniteSampleError`).
 
 Each term is a small function; the weights and the timestep gates that switch them on come from
 :class:`RecurrentPosteriorScheduler` (planned once per pass), the alignment module ``f`` and the
@@ -13,7 +15,7 @@ scheduler's weights and the trainers come in as the protocols below.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,7 @@ def posterior_loss(
     exposure_patch_size: int,
     perceptual_distance: PerceptualDistanceToFeatures | None = None,
     degraded_features: torch.Tensor | None = None,
+    reduction: Literal["sum", "none"] = "sum",
 ) -> torch.Tensor:
     """The guidance loss ``L`` at one step below the guidance gate, summed over the images (ALGORITHM.md,
     "Guidance", steps 1, 3 and 4):
@@ -102,8 +105,10 @@ def posterior_loss(
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
         perceptual_distance: ``P`` against precomputed features; ``None`` leaves the perceptual term out.
         degraded_features: the features of ``y`` for ``perceptual_distance``, (B, ...).
+        reduction: ``"sum"``, the loss of the batch (a scalar), or ``"none"``, each image's, (B,), as torch's
+            losses take it; the gradient of their sum to each image's estimate is that image's alone.
     """
-    loss = 0.0
+    losses = []
     for index, (alignment, x, y) in enumerate(zip(alignments, estimates.split(1), degraded.split(1), strict=True)):
         aligned = alignment.align(x)  # 1. y_hat = f(x)
         image_loss = weights.mse * F.mse_loss(aligned, y)  # 3. MSE(y_hat, y) ...
@@ -118,8 +123,84 @@ def posterior_loss(
             image_loss = image_loss + weights.exposure * exposure_loss(x, exposure_patch_size)
         if weights.color > 0:
             image_loss = image_loss + weights.color * color_loss(x)
-        loss = loss + image_loss
-    return loss
+        losses.append(image_loss)
+    return torch.stack(losses) if reduction == "none" else sum(losses)
+
+
+NON_FINITE_QUANTITIES = ("latents", "loss", "gradient")
+"""What :class:`NonFiniteFlags` watches: the latents of every sample after each step, each image's guidance loss,
+and the gradient that shifts its sample 0."""
+
+
+class NonFiniteSampleError(ValueError):
+    """A pass of the sampling made non-finite values (NaN or infinity) in the latents, a guidance loss or its
+    gradient; raised at the end of that pass, so nothing non-finite is returned and no later pass runs.
+
+    A ``ValueError``, as the pipeline raises for what it cannot do with the values it was given: with these
+    settings (often half precision, or a posterior scale too large for the image) the sampling diverged. A
+    caller may catch it and try again, e.g. in float32 or with a smaller ``posterior_scale``.
+
+    Attributes:
+        pass_index: the pass (0 is the first, 1 the first recurrence, ...).
+        num_passes: the call's number of passes.
+        faults: for every image index (in the call's batch) that went non-finite, what did, among
+            :data:`NON_FINITE_QUANTITIES`.
+    """
+
+    def __init__(self, pass_index: int, num_passes: int, faults: dict[int, tuple[str, ...]]) -> None:
+        super().__init__(pass_index, num_passes, faults)
+        self.pass_index = pass_index
+        self.num_passes = num_passes
+        self.faults = faults
+
+    @property
+    def image_indices(self) -> list[int]:
+        """The images of the batch that went non-finite, in order."""
+        return sorted(self.faults)
+
+    def __str__(self) -> str:
+        images = "; ".join(f"image {index}: {', '.join(self.faults[index])}" for index in self.image_indices)
+        which = "the first pass" if self.pass_index == 0 else f"recurrence {self.pass_index} of {self.num_passes - 1}"
+        return (
+            f"non-finite values in pass {self.pass_index} ({which}; {images}); try float32 weights or a smaller "
+            "posterior_scale"
+        )
+
+
+class NonFiniteFlags:
+    """Which images of a call went non-finite, and in what, as a device tensor: each :meth:`record` ORs into it
+    without reading it (no device sync in the sampling loop), and :meth:`check` reads it once, at the end of
+    a pass.
+
+    Args:
+        batch_size: B, the images of the call.
+        device: where the flags live (the latents' device).
+    """
+
+    def __init__(self, batch_size: int, device: torch.device | str) -> None:
+        self.batch_size = batch_size
+        self.flags = torch.zeros(len(NON_FINITE_QUANTITIES), batch_size, dtype=torch.bool, device=device)
+
+    def record(self, quantity: str, values: torch.Tensor) -> None:
+        """Flag every image whose ``values`` hold a NaN or an infinity; ``values`` has the images' rows first, in
+        order: (B, ...), or (B * S, ...) for the samples of every image."""
+        finite = torch.isfinite(values.detach()).reshape(self.batch_size, -1).all(dim=1)
+        self.flags[NON_FINITE_QUANTITIES.index(quantity)] |= ~finite
+
+    def check(self, pass_index: int, num_passes: int) -> None:
+        """Read the flags (one device sync) and raise :class:`NonFiniteSampleError` if any is set.
+
+        Raises:
+            NonFiniteSampleError: naming the pass, the images and what went non-finite in each.
+        """
+        rows = self.flags.tolist()
+        faults = {}
+        for image in range(self.batch_size):
+            names = tuple(name for name, row in zip(NON_FINITE_QUANTITIES, rows, strict=True) if row[image])
+            if names:
+                faults[image] = names
+        if faults:
+            raise NonFiniteSampleError(pass_index, num_passes, faults)
 
 
 @dataclass
@@ -135,6 +216,8 @@ class PosteriorState:
         exposure_patch_size: the pooling size of the exposure loss.
         perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
         degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
+        non_finite: the call's :class:`NonFiniteFlags`, into which :meth:`loss` and :meth:`shift_sample_zero`
+            record each image's loss and gradient; ``None`` records nothing.
     """
 
     trainers: Sequence[ImageAlignment]
@@ -144,6 +227,7 @@ class PosteriorState:
     exposure_patch_size: int
     perceptual_distance: PerceptualDistanceToFeatures | None
     degraded_features: torch.Tensor | None
+    non_finite: NonFiniteFlags | None = None
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
         """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
@@ -156,8 +240,9 @@ class PosteriorState:
         self, estimates: torch.Tensor, weights: LossWeights, degraded_features: torch.Tensor | None = None
     ) -> torch.Tensor:
         """:func:`posterior_loss` of ``estimates`` (sample 0 of every image), with this state's ``y``, ``f``, ``D_g``
-        and perceptual features (or ``degraded_features`` given in their place)."""
-        return posterior_loss(
+        and perceptual features (or ``degraded_features`` given in their place); each image's loss is recorded in
+        :attr:`non_finite`."""
+        losses = posterior_loss(
             estimates,
             self.degraded,
             self.trainers,
@@ -165,10 +250,17 @@ class PosteriorState:
             exposure_patch_size=self.exposure_patch_size,
             perceptual_distance=self.perceptual_distance,
             degraded_features=self.degraded_features if degraded_features is None else degraded_features,
+            reduction="none",
         )
+        if self.non_finite is not None:
+            self.non_finite.record("loss", losses)
+        return losses.sum()
 
     def shift_sample_zero(self, latents: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """``latents`` (B * S, C, h, w) with ``shift`` (B, C, h, w) added to sample 0 of every image."""
+        """``latents`` (B * S, C, h, w) with ``shift`` (B, C, h, w) added to sample 0 of every image; the shift (the
+        guidance gradient) is recorded in :attr:`non_finite`."""
+        if self.non_finite is not None:
+            self.non_finite.record("gradient", shift)
         latents = latents.unflatten(0, (self.degraded.shape[0], self.num_samples))
         latents[:, 0] += shift
         return latents.flatten(0, 1)

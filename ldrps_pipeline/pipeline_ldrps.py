@@ -38,7 +38,7 @@ from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .attention_ldrps import DecoderAttnProcessor, use_vae_attention, use_xformers_if_installed
 from .captioning_ldrps import caption_images
 from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
-from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, PosteriorGuidance, PosteriorState
+from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, NonFiniteFlags, PosteriorGuidance, PosteriorState
 from .inputs_ldrps import PipelineImageInput, per_image_inputs
 from .options_ldrps import SpeedAndMemoryOptions
 from .perceptual_ldrps import PerceptualFeatures
@@ -378,9 +378,14 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         )
 
     def _posterior_state(
-        self, degraded: torch.Tensor, trainers: list[AlignmentTrainer], posterior: RecurrentPosteriorScheduler
+        self,
+        degraded: torch.Tensor,
+        trainers: list[AlignmentTrainer],
+        posterior: RecurrentPosteriorScheduler,
+        non_finite: NonFiniteFlags,
     ) -> PosteriorState:
-        """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once)."""
+        """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once), recording
+        its losses and gradients in ``non_finite``."""
         _, _, height, width = degraded.shape
         return PosteriorState(
             trainers=trainers,
@@ -390,6 +395,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             exposure_patch_size=posterior.config.exposure_patch_size,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
+            non_finite=non_finite,
         )
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -443,6 +449,10 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
 
         Returns:
             :class:`LDRPSPipelineOutput` with ``images`` and ``prompts``, or the tuple ``(images, prompts)``.
+
+        Raises:
+            NonFiniteSampleError: at the end of a pass whose latents, guidance losses or gradients were not finite
+                (a ``ValueError`` naming the pass, the images and what; ``guidance_ldrps.NonFiniteFlags``).
         """
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -483,7 +493,8 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, seeded from each image's
         #    generator (with the guidance off too, so that a seed gives the same noise), and P(y).
         trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
-        state = self._posterior_state(degraded, trainers, posterior) if posterior.guides else None
+        non_finite = NonFiniteFlags(batch_size, device)  # read once per pass: no device sync per step
+        state = self._posterior_state(degraded, trainers, posterior, non_finite) if posterior.guides else None
 
         # 4. Independent noise for every sample (Samples).
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))
@@ -518,8 +529,10 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
                             latents = self.posterior_guidance(latents, pred_original_sample, weights, state)
                         if step_end is not None:
                             latents, text = step_end(step_index, t, latents, text)
+                        non_finite.record("latents", latents)
                     step_index += 1
                     progress_bar.update()
+                non_finite.check(pass_index, len(passes))
 
         # 6. The result (Recurrence 3): sample 0 of the last pass, decoded and cropped to the input's size.
         result = latents.unflatten(0, (batch_size, num_samples))[:, 0]

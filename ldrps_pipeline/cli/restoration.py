@@ -1,10 +1,12 @@
 """One image through the pipeline for the command: its settings made explicit, a stop request honoured at the
 next step, a non-finite result retried once with safer settings, and every failure turned into one reason.
 
-A non-finite result (NaN or infinity in the latents, a loss or a gradient propagates to the output) is detected
-once per image, on the final pixels, so no step of the sampling loop waits for the device. The retry runs the
-pipeline in float32 (if it was not) with half the posterior guidance scale (a copy of the posterior scheduler,
-put back afterwards); a second non-finite result fails the image, and nothing is written.
+A non-finite result (NaN or infinity) is detected twice over, without a device sync in any step: the pipeline
+raises :class:`~ldrps_pipeline.guidance_ldrps.NonFiniteSampleError` at the end of a pass whose latents, guidance
+loss or gradient went non-finite (its flags are read once per pass), and the final pixels are checked on the host
+(the decoder can overflow from finite latents, in half precision). The retry runs the pipeline in float32 (if it
+was not) with half the posterior guidance scale (a copy of the posterior scheduler, put back afterwards); a
+second non-finite result fails the image with both causes on one line, and nothing is written.
 """
 
 import contextlib
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from ldrps_pipeline.cli.image_files import ImageFile
+from ldrps_pipeline.guidance_ldrps import NonFiniteSampleError
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
@@ -54,6 +57,10 @@ class RestorationError(Exception):
 
 class RestorationInterrupted(Exception):
     """The run was asked to stop while the image was being restored; its result is abandoned."""
+
+
+class _NonFiniteTry(Exception):
+    """A try that went non-finite; the message says what and where (``non-finite latents, loss in pass 0``)."""
 
 
 def posterior_for(pipe: LDRPSPipeline, preset: str | None) -> RecurrentPosteriorScheduler:
@@ -96,22 +103,24 @@ def restore_image(
         RestorationError: out of device memory, a result not finite twice, or an image the pipeline refuses.
     """
     posterior = posterior_for(pipe, options.preset)
-    rgb, prompt = _restore(pipe, image, options, options.preset, stop_requested)
-    if np.isfinite(rgb).all():
+    try:
+        rgb, prompt = _restore(pipe, image, options, options.preset, stop_requested)
         return Restoration(rgb, prompt, effective_settings(pipe, options, posterior))
+    except _NonFiniteTry as error:
+        first = str(error)
     safer = type(posterior).from_config(
         posterior.config, posterior_scale=posterior.config.posterior_scale * SAFER_POSTERIOR_SCALE_FACTOR
     )
-    retry = f"the first result was not finite; retried in float32 with posterior_scale {safer.config.posterior_scale:g}"
+    safer_settings = f"float32 with posterior_scale {safer.config.posterior_scale:g}"
     with _safer_pipeline(pipe, safer):
-        rgb, prompt = _restore(pipe, image, options, None, stop_requested)
+        try:
+            rgb, prompt = _restore(pipe, image, options, None, stop_requested)
+        except _NonFiniteTry as error:
+            raise RestorationError(
+                f"{first}, and {error} after a retry in {safer_settings}; nothing was written"
+            ) from None
         settings = effective_settings(pipe, options, safer)
-    if not np.isfinite(rgb).all():
-        raise RestorationError(
-            "the result holds NaN or infinite values, also after a retry in float32 with half the posterior "
-            "guidance scale; nothing was written"
-        )
-    return Restoration(rgb, prompt, settings, retry)
+    return Restoration(rgb, prompt, settings, f"the first try had {first}; retried in {safer_settings}")
 
 
 def _restore(
@@ -140,6 +149,11 @@ def _restore(
             output_type="np",
             callback_on_step_end=stop_at_step_end,
         )
+    except NonFiniteSampleError as error:
+        if stop_requested():
+            raise RestorationInterrupted from None
+        what = ", ".join(error.faults[error.image_indices[0]])
+        raise _NonFiniteTry(f"non-finite {what} in pass {error.pass_index}") from None
     except torch.OutOfMemoryError:
         if pipe.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -148,7 +162,10 @@ def _restore(
         raise RestorationError(str(error)) from None
     if stop_requested():
         raise RestorationInterrupted
-    return result.images[0], result.prompts[0]
+    rgb = result.images[0]
+    if not np.isfinite(rgb).all():
+        raise _NonFiniteTry("non-finite pixels from the decoder")
+    return rgb, result.prompts[0]
 
 
 @contextlib.contextmanager

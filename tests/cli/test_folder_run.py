@@ -135,7 +135,7 @@ def test_sigterm_to_the_installed_command_leaves_no_partial_file(tmp_path):
     assert statuses(out / "ldrps-manifest.jsonl") == {"photo.png": "interrupted"}
 
 
-def test_a_non_finite_result_is_retried_in_float32_with_half_the_posterior_scale(model, tmp_path, monkeypatch):
+def test_non_finite_pixels_are_retried_in_float32_with_half_the_posterior_scale(model, tmp_path, monkeypatch):
     call = LDRPSPipeline.__call__
     seen = []
 
@@ -143,7 +143,7 @@ def test_a_non_finite_result_is_retried_in_float32_with_half_the_posterior_scale
         seen.append((pipe.unet.dtype, pipe.posterior_scheduler.config.posterior_scale, kwargs["preset"]))
         result = call(pipe, image, **kwargs)
         if len(seen) == 1:
-            result.images[0][0, 0, 0] = np.nan
+            result.images[0][0, 0, 0] = np.nan  # as a decoder overflowing from finite latents would give
         return result
 
     monkeypatch.setattr(LDRPSPipeline, "__call__", not_finite_at_first)
@@ -151,24 +151,59 @@ def test_a_non_finite_result_is_retried_in_float32_with_half_the_posterior_scale
     assert run(model, photo(tmp_path / "a.png"), "-o", out, "--dtype", "bfloat16", "--preset", "denoise") == 0
     assert seen == [(torch.bfloat16, 40000.0, "denoise"), (torch.float32, 20000.0, None)]
     record = records(out / "ldrps-manifest.jsonl")[0]
-    assert record["status"] == "done" and "retried in float32 with posterior_scale 20000" in record["retry"]
+    assert record["status"] == "done"
+    assert record["retry"] == (
+        "the first try had non-finite pixels from the decoder; retried in float32 with posterior_scale 20000"
+    )
     assert record["settings"]["dtype"] == "float32" and record["settings"]["posterior_scale"] == 20000.0
     assert np.isfinite(np.asarray(PIL.Image.open(out / "a.png"))).all()
 
 
-def test_a_result_not_finite_twice_fails_and_writes_nothing(model, tmp_path, monkeypatch, capsys):
+def nan_latents_when(monkeypatch, condition) -> list[int]:
+    """Make every restoration whose pipeline meets ``condition`` write a NaN into its latents at step 0, through a
+    step-end callback chained before the command's own; returns the number of steps each restoration ran."""
     call = LDRPSPipeline.__call__
+    steps = []
 
-    def never_finite(pipe, image, **kwargs):
-        result = call(pipe, image, **kwargs)
-        result.images[0][:] = np.inf
-        return result
+    def calling(pipe, image, **kwargs):
+        command_callback = kwargs["callback_on_step_end"]
+        steps.append(0)
 
-    monkeypatch.setattr(LDRPSPipeline, "__call__", never_finite)
+        def callback(pipe, step, timestep, tensors):
+            steps[-1] += 1
+            if step == 0 and condition(pipe):
+                tensors["latents"][0, 0, 0, 0] = float("nan")
+            return command_callback(pipe, step, timestep, tensors)
+
+        return call(pipe, image, **{**kwargs, "callback_on_step_end": callback})
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", calling)
+    return steps
+
+
+def test_non_finite_latents_are_caught_in_the_pipeline_and_retried(model, tmp_path, monkeypatch):
+    steps = nan_latents_when(monkeypatch, lambda pipe: pipe.posterior_scheduler.config.posterior_scale > 30000)
+    out = tmp_path / "out"
+    argv = [photo(tmp_path / "a.png"), "-o", out, "--model", model, "--steps", "4", "--recurrences", "1", "--quiet"]
+    assert cli.main(list(map(str, argv))) == 0
+    assert steps == [4, 6]  # the first try stopped at the end of pass 0 (4 steps); the retry ran both passes
+    record = records(out / "ldrps-manifest.jsonl")[0]
+    assert record["status"] == "done" and record["retry"].startswith("the first try had non-finite latents")
+    assert "in pass 0; retried in float32 with posterior_scale 20000" in record["retry"]
+    assert np.isfinite(np.asarray(PIL.Image.open(out / "a.png"))).all()
+
+
+def test_a_result_not_finite_twice_fails_on_one_line_and_writes_nothing(model, tmp_path, monkeypatch, capsys):
+    nan_latents_when(monkeypatch, lambda pipe: True)
     out = tmp_path / "out"
     assert run(model, photo(tmp_path / "a.png"), "-o", out) == 1
-    assert "a.png: the result holds NaN or infinite values, also after a retry" in capsys.readouterr().err
+    errors = capsys.readouterr().err
+    assert "Traceback" not in errors
+    (line,) = [line for line in errors.splitlines() if "a.png" in line]
+    assert line.startswith("ldrps-restore: error: ") and "non-finite latents" in line
+    assert "after a retry in float32 with posterior_scale 20000; nothing was written" in line
     assert not (out / "a.png").exists()
+    assert records(out / "ldrps-manifest.jsonl")[0]["status"] == "failed"
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_loading(model, tmp_path, monkeypatch, capsys):

@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from ldrps_pipeline.guidance_ldrps import PosteriorState, color_loss, exposure_loss, posterior_loss
+from ldrps_pipeline import NonFiniteSampleError, PerceptualFeatures
+from ldrps_pipeline.guidance_ldrps import (
+    NonFiniteFlags,
+    PosteriorState,
+    color_loss,
+    exposure_loss,
+    posterior_loss,
+)
 from ldrps_pipeline.scheduling_ldrps import GuidanceWeights
+from tiny_components import tiny_image, tiny_pipeline
 
 
 def test_exposure_loss_hand_computed():
@@ -144,3 +152,98 @@ def test_shift_sample_zero_moves_only_sample_zero_of_every_image():
     assert shifted.shape == latents.shape
     assert shifted[0].eq(1).all() and shifted[3].eq(2).all()
     assert shifted[[1, 2, 4, 5]].eq(0).all()
+
+
+def test_posterior_loss_per_image_sums_to_the_batch_loss():
+    g = torch.Generator().manual_seed(2)
+    estimates, degraded = torch.rand(3, 3, 8, 8, generator=g), torch.rand(3, 3, 8, 8, generator=g)
+    alignments = [FakeAlignment() for _ in range(3)]
+    per_image = posterior_loss(estimates, degraded, alignments, weights(), exposure_patch_size=4, reduction="none")
+    total = posterior_loss(estimates, degraded, alignments, weights(), exposure_patch_size=4)
+    assert per_image.shape == (3,) and per_image.sum().item() == pytest.approx(total.item(), rel=1e-6)
+    assert per_image[1].item() == pytest.approx(torch.mean((estimates[1] / 2 - degraded[1]) ** 2).item())
+
+
+def test_non_finite_flags_record_per_image_without_reading_the_device():
+    # On the meta device any read of a value (.item(), bool(), .tolist()) raises: recording reads none.
+    meta = NonFiniteFlags(batch_size=2, device="meta")
+    meta.record("latents", torch.empty(2 * 3, 4, 2, 2, device="meta"))  # three samples per image
+    meta.record("loss", torch.empty(2, device="meta"))
+    meta.record("gradient", torch.empty(2, 4, 2, 2, device="meta"))
+    with pytest.raises(NotImplementedError):  # check is where the flags are read
+        meta.check(0, 1)
+    flags = NonFiniteFlags(batch_size=2, device="cpu")
+    latents = torch.zeros(2 * 3, 4, 2, 2)
+    flags.record("latents", latents)
+    flags.check(0, 1)  # all finite: nothing raised
+    latents[4, 1, 0, 0] = float("inf")  # image 1, sample 1
+    flags.record("latents", latents)
+    flags.record("latents", torch.zeros_like(latents))  # the flags stay set once set
+    flags.record("loss", torch.tensor([float("nan"), 0.0]))
+    with pytest.raises(NonFiniteSampleError) as raised:
+        flags.check(2, 3)
+    error = raised.value
+    assert isinstance(error, ValueError) and error.pass_index == 2 and error.image_indices == [0, 1]
+    assert error.faults == {0: ("loss",), 1: ("latents",)}
+    assert str(error).startswith("non-finite values in pass 2 (recurrence 2 of 2; image 0: loss; image 1: latents)")
+
+
+def nan_into_latents(image: int, step: int, steps: list):
+    """A step-end callback that writes a NaN into sample 0 of ``image`` at ``step`` and records every step."""
+
+    def callback(pipe, step_index, timestep, tensors):
+        steps.append(step_index)
+        if step_index == step:
+            tensors["latents"][image * pipe.posterior_scheduler.config.num_samples, 0, 0, 0] = float("nan")
+        return {"latents": tensors["latents"]}
+
+    return callback
+
+
+@pytest.fixture
+def counted_checks(monkeypatch):
+    """The pass numbers at which the non-finite flags were read, in order."""
+    checks, check = [], NonFiniteFlags.check
+
+    def counting(flags, pass_index, num_passes):
+        checks.append(pass_index)
+        return check(flags, pass_index, num_passes)
+
+    monkeypatch.setattr(NonFiniteFlags, "check", counting)
+    return checks
+
+
+def test_nan_latents_raise_at_the_end_of_their_pass_naming_the_image(counted_checks):
+    pipe, steps = tiny_pipeline(), []
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    with pytest.raises(NonFiniteSampleError) as raised:
+        pipe(
+            tiny_image(16, 16, batch=2),
+            prompt="a photo",
+            num_inference_steps=6,
+            recurrences=2,
+            generator=generators,
+            output_type="pt",
+            callback_on_step_end=nan_into_latents(image=1, step=7, steps=steps),  # in pass 1 (steps 6-8)
+        )
+    assert raised.value.pass_index == 1 and raised.value.image_indices == [1]
+    assert raised.value.faults[1][0] == "latents"  # and what the NaN reached after it: loss, gradient
+    assert steps == list(range(9))  # pass 1 ran to its end; pass 2 did not run
+    assert counted_checks == [0, 1]  # one read of the flags per pass, none per step
+
+
+def test_a_non_finite_perceptual_distance_is_named_as_the_loss(counted_checks):
+    class NaNDistance(PerceptualFeatures):
+        def distance_to_features(self, image, reference_features):
+            return torch.tensor(float("nan"))
+
+    pipe = tiny_pipeline(perceptual=NaNDistance(channels=(4, 8)).eval())
+    with pytest.raises(NonFiniteSampleError) as raised:
+        pipe(tiny_image(16, 16), prompt="a photo", num_inference_steps=6, recurrences=1, output_type="pt")
+    assert raised.value.pass_index == 0 and raised.value.faults == {0: ("loss",)}
+    assert counted_checks == [0]
+
+
+def test_a_finite_restoration_reads_the_flags_once_per_pass(counted_checks):
+    images = tiny_pipeline()(tiny_image(16, 16), prompt="a photo", num_inference_steps=6, recurrences=2).images
+    assert len(images) == 1 and counted_checks == [0, 1, 2]
