@@ -32,7 +32,7 @@ from ldrps_pipeline.cli.manifest import (
 )
 from ldrps_pipeline.cli.processes import launch, launched_processes, new_run_id, process_state, run_id
 from ldrps_pipeline.cli.restoration import RestorationOptions, check_pass_plan
-from ldrps_pipeline.hub.loading import DTYPE_CHOICES, load_pipeline, resolve_dtype
+from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, DTYPE_CHOICES, load_pipeline, resolve_dtype
 from ldrps_pipeline.scheduling_ldrps import PRESETS
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
@@ -106,11 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="less device memory, more time: the VAE decoder in tiles and with gradient checkpointing, one UNet row "
         "per call (for large images on a small card)",
     )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="also load weights from pickle files (.bin, .pt), which can run code: only for a model you trust",
-    )
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument(
         "--num-processes",
         type=int_in(1),

@@ -61,7 +61,7 @@ from ldrps_pipeline.evaluation.methods import DEGRADED_INPUT, Method, evaluate_m
 from ldrps_pipeline.evaluation.paired_images import MIN_SIDE, PairsConfig, read_pairs, run_pairs_benchmark
 from ldrps_pipeline.evaluation.photos import HELDOUT_PHOTOS, heldout_crops
 from ldrps_pipeline.evaluation.results import BenchmarkResults, Record, environment, format_table, write_json
-from ldrps_pipeline.hub.loading import load_pipeline, resolve_device
+from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, load_pipeline, resolve_device
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import PRESETS, is_finite_number
 
@@ -87,6 +87,7 @@ class BenchmarkConfig:
         posterior_scale: replaces the posterior scale (finite, >= 0) of every guided LD-RPS run;
             ``None``: the presets'.
         device: torch device for the pipeline; ``None``: CUDA if available, else CPU.
+        allow_pickle: also load the model's weights from pickle files (``load_pipeline``'s ``allow_pickle``).
     """
 
     model: str = "demo"
@@ -99,6 +100,7 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0,)
     posterior_scale: float | None = None
     device: str | None = None
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         for name in self.degradations:
@@ -192,7 +194,7 @@ def run_benchmark(
     """
     start = time.perf_counter()
     if pipe is None:
-        pipe = load_pipeline(config.model).to(resolve_device(config.device))
+        pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle).to(resolve_device(config.device))
         pipe.set_progress_bar_config(disable=True)
     crops = benchmark_crops(config) if crops is None else crops
     results = BenchmarkResults(config=config, environment=environment(pipe))
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int_in(*SEED_RANGE), nargs="+", default=[0], help="LD-RPS seeds (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument(
         "--json", type=Path, default=None, metavar="OUT.json", help="write every value to this new file"
     )
@@ -306,6 +309,7 @@ def _pairs_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         resize=args.resize,
         label=args.label,
         device=args.device,
+        allow_pickle=args.allow_pickle,
     )
 
 
@@ -318,7 +322,12 @@ def _crops_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if name in options:
             options[name] = tuple(options[name])
     return BenchmarkConfig(
-        model=args.model, seeds=tuple(args.seeds), recurrences=args.recurrences, device=args.device, **options
+        model=args.model,
+        seeds=tuple(args.seeds),
+        recurrences=args.recurrences,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        **options,
     )
 
 

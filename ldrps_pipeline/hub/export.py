@@ -27,7 +27,7 @@ from diffusers.utils.dynamic_modules_utils import get_relative_imports
 from huggingface_hub import ModelCard, create_repo, upload_folder
 
 from ldrps_pipeline import pipeline_ldrps
-from ldrps_pipeline.hub.loading import load_pipeline, resolve_model
+from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, load_pipeline, resolve_model
 from ldrps_pipeline.hub.model_card import PAPER_BASE_MODEL, model_card
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--license", default=None, help="the weights' Hub licence id (default: the base model's)")
     parser.add_argument("--captioner", default=None, help="the captioner's Hub id, for the model card")
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     return parser
 
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_code(args.output_dir, card)
     else:
         try:
-            pipeline = load_pipeline(args.source)
+            pipeline = load_pipeline(args.source, allow_pickle=args.allow_pickle)
         except OSError as error:
             print(f"ldrps-export-hub: error: {error}", file=sys.stderr)
             return 2

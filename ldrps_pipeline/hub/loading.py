@@ -72,6 +72,10 @@ def _model_index(model: str) -> dict:
     return json.loads(path.read_text())
 
 
+ALLOW_PICKLE_HELP = "also load weights from pickle files (.bin, .pt), which can run code: only for a model you trust"
+"""The help of ``--allow-pickle``, the same in every command that loads a model (:func:`load_pipeline`'s
+``allow_pickle``)."""
+
 DTYPE_CHOICES = ("auto", "bfloat16", "float32")
 """The ``--dtype`` choices of the command-line tools (see :func:`resolve_dtype`)."""
 

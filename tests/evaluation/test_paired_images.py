@@ -289,3 +289,17 @@ def test_command_line_keeps_the_options_of_the_two_runs_apart(tmp_path, capsys, 
     assert "--preset, --resize: options of --pairs, not of the held-out crops" in refused(
         capsys, ["--preset", "denoise", "--resize", "64"]
     )
+
+
+def test_command_line_pairs_loads_pickle_weights_only_with_allow_pickle(folders, tmp_path, capsys, no_lpips):
+    degraded, clean = folders
+    model = tmp_path / "pickled"
+    tiny_pipeline().save_pretrained(model, safe_serialization=False)
+    argv = ["--pairs", str(degraded), str(clean), "--model", str(model), "--steps", "1", "--recurrences", "0"]
+    argv += ["--resize", "16", "--quiet"]
+    capsys.readouterr()
+    assert benchmark.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "only safetensors weights are loaded" in error and "--allow-pickle" in error
+    assert benchmark.main([*argv, "--allow-pickle"]) == 0
+    assert "| degraded | ldrps-default |" in capsys.readouterr().out

@@ -199,3 +199,16 @@ def test_command_line_refuses_a_bad_model_or_device_before_running(tmp_path, cap
     missing = tmp_path / "missing"
     assert f"model folder {missing} does not exist" in refused(capsys, ["--model", missing])
     assert "device 'nonsense' is not a torch device" in refused(capsys, ["--device", "nonsense"])
+
+
+def test_command_line_loads_pickle_weights_only_with_allow_pickle(tmp_path, capsys):
+    model = tmp_path / "pickled"
+    tiny_pipeline().save_pretrained(model, safe_serialization=False)
+    argv = ["--model", str(model), "--degradations", "sr_x4", "--photos", "chelsea", "--size", "16"]
+    argv += ["--steps", "1", "--recurrences", "0", "--quiet"]
+    capsys.readouterr()
+    assert benchmark.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "only safetensors weights are loaded" in error and "--allow-pickle" in error
+    assert benchmark.main([*argv, "--allow-pickle"]) == 0
+    assert "| sr_x4 | ldrps-default |" in capsys.readouterr().out

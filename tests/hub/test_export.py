@@ -14,6 +14,7 @@ from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.hub import export as hub
 from ldrps_pipeline.hub.export import export_for_hub
 from ldrps_pipeline.hub.model_card import FINISHED_CARD_REPO, PAPER_BASE_MODEL, model_card
+from tiny_components import tiny_pipeline
 
 
 def test_hub_export_loads_where_the_package_is_not_importable(saved, tmp_path):
@@ -60,6 +61,19 @@ def test_export_command_refuses_a_bad_source_or_a_used_folder_before_loading(sav
             hub.main([*map(str, argv)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert [p.name for p in used.iterdir()] == ["notes.txt"] and not (tmp_path / "out").exists()
+
+
+def test_export_command_loads_pickle_weights_only_with_allow_pickle_and_writes_safetensors(tmp_path, capsys):
+    pickled = tmp_path / "pickled"
+    tiny_pipeline().save_pretrained(pickled, safe_serialization=False)
+    capsys.readouterr()
+    assert hub.main([str(pickled), str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err
+    assert "only safetensors weights are loaded" in error and "--allow-pickle" in error
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    assert hub.main([str(pickled), str(out), "--allow-pickle"]) == 0
+    assert list(out.rglob("*.safetensors")) and not list(out.rglob("*.bin"))
 
 
 def test_export_writes_pipeline_py_that_loads_as_custom_pipeline_where_the_package_is_not_importable(saved, tmp_path):
