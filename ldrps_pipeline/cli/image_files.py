@@ -1,16 +1,20 @@
 """Reading any image file into the pixels the pipeline takes: EXIF orientation applied, every mode at its full
 precision, alpha kept aside, colour converted to sRGB (8-bit) or its ICC profile carried over (16-bit, float).
 
-Pillow reads everything it holds at full precision; 16-bit PNGs go through pypng and TIFFs of more than 8 bits per
-sample through tifffile, because Pillow keeps only 8 bits of 16-bit colour. The rules, in the order applied:
+Pillow reads everything it holds at full precision; 16-bit PNGs go through pypng, TIFFs of more than 8 bits per
+sample through tifffile, and binary PPMs (P6) with a maxval above 255 through numpy (after Pillow's reading of their
+header), because Pillow keeps only 8 bits of 16-bit colour. The rules, in the order applied:
 
 - orientation: the EXIF (or TIFF) Orientation tag is applied (Pillow's ``ImageOps.exif_transpose``), so a phone
   photo is restored upright and written upright, without the tag;
 - modes: ``1`` and ``L`` are 8-bit gray; ``LA`` / ``La`` gray with alpha; ``P`` and ``PA`` become RGB, or RGBA
   when they have transparency; ``RGBA`` / ``RGBa`` keep their alpha; ``CMYK``, ``YCbCr``, ``LAB`` and ``HSV``
   become RGB; ``I;16*`` and 16-bit PNG / TIFF samples are 16-bit; ``I`` (32-bit integers, how some readers hold
-  16-bit gray) is taken as 16-bit and refused outside 0-65535; ``F`` and float TIFFs are float and refused
-  outside [0, 1] (HDR is not supported);
+  16-bit gray, PGMs with a maxval above 255 among them) is taken as 16-bit and refused outside 0-65535; ``F`` and
+  float TIFFs are float and refused outside [0, 1] (HDR is not supported);
+- netpbm: a PPM or PGM with a maxval above 255 (2 bytes a sample, big-endian, as the netpbm spec says) is 16-bit,
+  its samples divided by its maxval; plain (ASCII, P3) PPMs are Pillow's, which reads their colour at 8 bits (a
+  note says so when their maxval is above 255);
 - alpha is taken off before the restoration and put back on the restored image unchanged;
 - colour: 8-bit images with an ICC profile are converted to sRGB on the way in (``PIL.ImageCms``, perceptual
   intent), since the prior works in sRGB; their outputs are sRGB and carry no profile. 16-bit and float images
@@ -21,7 +25,7 @@ sample through tifffile, because Pillow keeps only 8 bits of 16-bit colour. The 
 """
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -101,6 +105,11 @@ def read_image(data: bytes, *, max_pixels: int, minimum_side: int = MINIMUM_SIDE
         check_size(*image.size, max_pixels=max_pixels, minimum_side=minimum_side)
         if image.format == "PNG" and png.Reader(bytes=data).read()[3]["bitdepth"] == 16:
             return _from_pypng(data, image)
+        if image.format == "PPM" and image.mode == "RGB" and _ppm_maxval(image) > 255:
+            if image.tile[0].codec_name == "ppm":  # binary (P6); P3 is plain text
+                return _from_deep_ppm(data, image)
+            plain = _from_pillow(image)
+            return replace(plain, notes=(*plain.notes, "plain (P3) PPM above 8 bits: read at 8 bits (Pillow's)"))
         return _from_pillow(image)
     except ImageFileError:
         raise
@@ -178,6 +187,26 @@ def _from_pypng(data: bytes, image: PIL.Image.Image) -> ImageFile:
     alpha = samples[..., -1] / 65535.0 if info["alpha"] else None
     colour = samples[..., :-1] if info["alpha"] else samples
     return _deep(colour / 65535.0, alpha, "16-bit", image.info.get("icc_profile"), _orientation_notes(orientation))
+
+
+def _ppm_maxval(image: PIL.Image.Image) -> int:
+    """The maxval in the header of a PPM that Pillow opened (its decoder's argument; 255 for its raw decoder)."""
+    args = image.tile[0].args
+    return args[1] if isinstance(args, tuple) else 255
+
+
+def _from_deep_ppm(data: bytes, image: PIL.Image.Image) -> ImageFile:
+    """A binary PPM (P6) with a maxval above 255, which Pillow reads at 8 bits: 2-byte big-endian samples (the
+    netpbm spec) from where Pillow's reading of the header ended, divided by the maxval."""
+    width, height = image.size
+    maxval, offset = _ppm_maxval(image), image.tile[0].offset
+    count = width * height * 3
+    if len(data) - offset < 2 * count:
+        raise ImageFileError(f"truncated or corrupt (its {width}x{height} 16-bit PPM pixels end early)")
+    samples = np.frombuffer(data, dtype=">u2", count=count, offset=offset).reshape(height, width, 3)
+    if samples.max() > maxval:
+        raise ImageFileError(f"truncated or corrupt (PPM samples up to {samples.max()}, above its maxval {maxval})")
+    return _deep(samples / maxval, None, "16-bit", None, [])
 
 
 def _from_tifffile(tiff: tifffile.TiffFile, max_pixels: int, minimum_side: int) -> ImageFile:

@@ -1,16 +1,17 @@
-"""Encoding a restored image into the bytes of a PNG, JPEG, WebP or TIFF file, at the input's precision where
+"""Encoding a restored image into the bytes of a PNG, JPEG, WebP, TIFF or PPM file, at the input's precision where
 the format allows, with its alpha put back and its ICC profile carried over.
 
 The rules:
 
 - precision: PNG is written at 16 bit for 16-bit and float inputs (pypng), else 8 bit (Pillow); TIFF at the
-  input's precision, float32 for float inputs (tifffile, deflate-compressed); JPEG (quality 95) and WebP
-  (lossy, quality 95) are 8-bit formats, which a note says when the input had more;
-- alpha: put back unchanged in PNG, TIFF and WebP; JPEG has none, so it is dropped with a note;
+  input's precision, float32 for float inputs (tifffile, deflate-compressed); PPM (binary, P6) with maxval 65535
+  (2-byte big-endian samples) for 16-bit and float inputs, else 255; JPEG (quality 95) and WebP (lossy, quality
+  95) are 8-bit formats, which a note says when the input had more;
+- alpha: put back unchanged in PNG, TIFF and WebP; JPEG and PPM have none, so it is dropped with a note;
 - gray: a gray output (``keep_gray``) is the Rec. 601 luma of the restored colours (the weights of Pillow's
-  ``convert("L")``); WebP has no gray mode and stores it as equal RGB channels;
+  ``convert("L")``); WebP and PPM (a colour format: gray is PGM's) store it as equal RGB channels;
 - ICC: a profile carried over from a 16-bit or float input is embedded; a gray profile on a colourised (RGB)
-  output cannot describe it and is dropped with a note.
+  output cannot describe it, and PPM cannot hold one: either is dropped with a note.
 """
 
 import io
@@ -24,13 +25,14 @@ from PIL import ImageCms
 
 from ldrps_pipeline.cli.image_files import Precision
 
-OUTPUT_EXTENSIONS = ("png", "jpg", "webp", "tiff")
+OUTPUT_EXTENSIONS = ("png", "jpg", "webp", "tiff", "ppm")
 """The output formats of ``--ext``, by file extension."""
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """Rec. 601 luma weights of R, G, B: those of Pillow's ``convert("L")``."""
 
 EIGHT_BIT_FORMATS = {"jpg": "JPEG", "webp": "WebP"}
+NO_ALPHA_FORMATS = {"jpg": "JPEG", "ppm": "PPM"}
 
 
 def encode_image(
@@ -56,8 +58,8 @@ def encode_image(
         raise ValueError(f"output extension must be one of {OUTPUT_EXTENSIONS}, got {extension!r}")
     notes: list[str] = []
     channels = (rgb @ LUMA_WEIGHTS)[..., None] if gray else rgb
-    if alpha is not None and extension == "jpg":
-        notes.append("alpha dropped: JPEG has no alpha channel")
+    if alpha is not None and extension in NO_ALPHA_FORMATS:
+        notes.append(f"alpha dropped: {NO_ALPHA_FORMATS[extension]} has no alpha channel")
         alpha = None
     if alpha is not None:
         channels = np.concatenate([channels, alpha[..., None]], axis=2)
@@ -66,6 +68,10 @@ def encode_image(
         icc_profile = None
     if extension == "tiff":
         return _tiff(channels, precision, icc_profile), notes
+    if extension == "ppm":
+        if icc_profile is not None:
+            notes.append("ICC profile dropped: PPM cannot hold one")
+        return _ppm(channels, precision), notes
     if extension == "png" and precision != "8-bit":
         return _png16(channels, icc_profile), notes
     if extension in EIGHT_BIT_FORMATS and precision != "8-bit":
@@ -106,6 +112,14 @@ def _png16(channels: np.ndarray, icc_profile: bytes | None) -> bytes:
     tagged = io.BytesIO()
     png.write_chunks(tagged, [chunks[0], iccp, *chunks[1:]])
     return tagged.getvalue()
+
+
+def _ppm(channels: np.ndarray, precision: Precision) -> bytes:
+    """A binary PPM (P6): 2-byte big-endian samples with maxval 65535 above 8 bits (the netpbm spec), else bytes."""
+    maxval, dtype = (255, np.uint8) if precision == "8-bit" else (65535, ">u2")
+    samples = _quantised(np.broadcast_to(channels, (*channels.shape[:2], 3)), maxval, dtype)
+    height, width = samples.shape[:2]
+    return b"P6\n%d %d\n%d\n" % (width, height, maxval) + samples.tobytes()
 
 
 def _tiff(channels: np.ndarray, precision: Precision, icc_profile: bytes | None) -> bytes:

@@ -223,6 +223,8 @@ def test_image_file_rules_end_to_end(model, tmp_path):
     writer = png.Writer(12, 10, greyscale=True, bitdepth=16)
     with open(inputs / "deep.png", "wb") as file:
         writer.write(file, deep)
+    scan = np.random.default_rng(1).integers(0, 4096, (10, 12, 3)).astype(">u2")  # a 12-bit scan
+    (inputs / "scan.ppm").write_bytes(b"P6\n12 10\n4095\n" + scan.tobytes())
     out = tmp_path / "out"
     assert run(model, inputs, "-o", out) == 0
     assert PIL.Image.open(out / "sideways.png").size == (10, 16)  # upright
@@ -230,6 +232,10 @@ def test_image_file_rules_end_to_end(model, tmp_path):
     restored_alpha = np.asarray(PIL.Image.open(out / "alpha.png").getchannel("A"))
     assert np.array_equal(restored_alpha, np.asarray(PIL.Image.open(inputs / "alpha.png").getchannel("A")))
     assert png.Reader(filename=str(out / "deep.png")).read()[3]["bitdepth"] == 16
+    scan_info = png.Reader(filename=str(out / "scan.png")).read()[3]
+    assert scan_info["bitdepth"] == 16 and scan_info["planes"] == 3
+    by_input = {Path(r["input"]).name: r for r in records(out / "ldrps-manifest.jsonl")}
+    assert by_input["scan.ppm"]["precision"] == "16-bit"
     kept = tmp_path / "kept"
     assert run(model, inputs / "gray.png", inputs / "deep.png", "-o", kept, "--keep-gray", "--ext", "tiff") == 0
     assert PIL.Image.open(kept / "gray.tiff").mode == "L" and PIL.Image.open(kept / "deep.tiff").mode == "I;16"

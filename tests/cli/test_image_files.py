@@ -31,6 +31,14 @@ def png16(samples: np.ndarray, greyscale: bool, alpha: bool) -> bytes:
     return buffer.getvalue()
 
 
+def netpbm(samples: np.ndarray, maxval: int, header: bytes = b"") -> bytes:
+    """A binary PGM (P5, for (H, W) samples) or PPM (P6, (H, W, 3)): samples of 2 bytes, big-endian, above 255."""
+    height, width = samples.shape[:2]
+    magic = b"P5" if samples.ndim == 2 else b"P6"
+    raster = samples.astype(">u2" if maxval > 255 else np.uint8).tobytes()
+    return magic + b"\n" + header + b"%d %d\n%d\n" % (width, height, maxval) + raster
+
+
 def tiff(samples: np.ndarray, **options) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, samples, **options)
@@ -68,6 +76,30 @@ def test_16_bit_png_is_read_at_full_precision_with_its_orientation():
     image = read_image(data, max_pixels=LIMIT)
     assert image.precision == "16-bit" and not image.grayscale
     assert np.array_equal(np.round(image.rgb * 65535).astype(np.uint16), samples)  # not the 8 bits Pillow keeps
+
+
+def test_16_bit_ppm_and_pgm_are_read_at_full_precision_and_written_back_at_16_bit():
+    samples = np.random.default_rng(4).integers(0, 1024, (8, 10, 3))
+    image = read_image(netpbm(samples, 1023, header=b"# a 10-bit scan\n"), max_pixels=LIMIT)
+    assert image.precision == "16-bit" and not image.grayscale and image.notes == ()
+    assert np.abs(image.rgb * 1023 - samples).max() < 1e-3  # not the 8 bits Pillow reads them at
+    data, notes = encode_image(image.rgb, extension="ppm", precision=image.precision)
+    assert data.startswith(b"P6\n10 8\n65535\n") and notes == []
+    assert np.abs(read_image(data, max_pixels=LIMIT).rgb - image.rgb).max() <= 0.5 / 65535 + 1e-7
+    gray = read_image(netpbm(samples[..., 0] * 64, 65535), max_pixels=LIMIT)  # P5: Pillow's own 16-bit reading
+    assert gray.precision == "16-bit" and gray.grayscale
+    assert np.array_equal(np.round(gray.rgb[..., 0] * 65535), samples[..., 0] * 64)
+
+
+def test_damaged_16_bit_ppms_and_plain_ones_are_named():
+    samples = np.full((8, 8, 3), 700)
+    with pytest.raises(ImageFileError, match="16-bit PPM pixels end early"):
+        read_image(netpbm(samples, 1023)[:-1], max_pixels=LIMIT)
+    with pytest.raises(ImageFileError, match="PPM samples up to 700, above its maxval 600"):
+        read_image(netpbm(samples, 600), max_pixels=LIMIT)
+    plain = b"P3\n8 8\n1023\n" + b" ".join(b"700" for _ in range(8 * 8 * 3))
+    image = read_image(plain, max_pixels=LIMIT)
+    assert image.precision == "8-bit" and "plain (P3) PPM above 8 bits: read at 8 bits (Pillow's)" in image.notes
 
 
 def test_16_bit_gray_png_is_not_a_white_image():
@@ -160,9 +192,10 @@ def test_precision_and_alpha_written_where_the_format_allows(extension):
     alpha = np.linspace(0, 1, 80, dtype=np.float32).reshape(8, 10)
     data, notes = encode_image(rgb, extension=extension, alpha=alpha, precision="16-bit")
     back = read_image(data, max_pixels=LIMIT)
-    lossless_deep = extension in ("png", "tiff")
+    lossless_deep = extension in ("png", "tiff", "ppm")
     assert back.precision == ("16-bit" if lossless_deep else "8-bit")
-    assert (back.alpha is None) == (extension == "jpg")
+    assert (back.alpha is None) == (extension in ("jpg", "ppm"))
+    assert any("alpha dropped" in note for note in notes) == (extension in ("jpg", "ppm"))
     if lossless_deep:
         assert np.abs(back.rgb - rgb).max() <= 0.5 / 65535 + 1e-7
     else:
@@ -229,8 +262,27 @@ def test_every_mode_size_and_orientation_reads_upright_or_is_refused_by_size(mod
         assert read_image(encoded, max_pixels=LIMIT).size == upright
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(8, 24),
+    height=st.integers(8, 24),
+    maxval=st.integers(256, 65535),
+    gray=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_deep_netpbm_reads_its_samples_over_its_maxval(width, height, maxval, gray, seed):
+    samples = np.random.default_rng(seed).integers(0, maxval + 1, (height, width) if gray else (height, width, 3))
+    image = read_image(netpbm(samples, maxval), max_pixels=LIMIT)
+    assert image.precision == "16-bit" and image.grayscale == gray and image.size == (width, height)
+    expected = samples[..., None] if gray else samples
+    # P6 is read exactly; Pillow scales a P5's samples to 0-65535 (rounded) before they are divided.
+    assert np.abs(image.rgb - np.broadcast_to(expected / maxval, image.rgb.shape)).max() <= 0.5 / 65535 + 1e-6
+    data, _ = encode_image(image.rgb, extension="ppm", precision=image.precision)
+    assert np.abs(read_image(data, max_pixels=LIMIT).rgb - image.rgb).max() <= 0.5 / 65535 + 1e-7
+
+
 @settings(max_examples=150, deadline=None)
-@given(data=st.data(), kind=st.sampled_from(["png", "jpeg", "tiff16", "png16", "webp", "gif"]))
+@given(data=st.data(), kind=st.sampled_from(["png", "jpeg", "tiff16", "png16", "ppm16", "webp", "gif"]))
 def test_damaged_bytes_give_an_image_file_error_or_an_image_never_another_exception(data, kind):
     base = {
         "png": lambda: saved(PIL.Image.fromarray(noise(16, 16))),
@@ -239,6 +291,7 @@ def test_damaged_bytes_give_an_image_file_error_or_an_image_never_another_except
         "gif": lambda: saved(PIL.Image.fromarray(noise(16, 16)).convert("P"), "GIF"),
         "tiff16": lambda: tiff(np.zeros((16, 16, 3), np.uint16), photometric="rgb", compression="zlib"),
         "png16": lambda: png16(np.zeros((16, 16, 3), np.uint16), greyscale=False, alpha=False),
+        "ppm16": lambda: netpbm(np.full((16, 16, 3), 1000), 4095),
     }[kind]()
     cut = data.draw(st.integers(0, len(base)))
     flips = data.draw(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 255)), max_size=4))
