@@ -27,6 +27,12 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_by_num_processes() -> bool:
+    """Whether ``--num-processes`` launched this process (it then gives the run its exit status from the manifest),
+    rather than a launcher run by hand (``accelerate launch``, ``torchrun``)."""
+    return RUN_ID_VARIABLE in os.environ
+
+
 def process_state(device: str | None) -> PartialState:
     """This process's accelerate state; on the CPU (``--device cpu``, or a machine without CUDA) its processes
     talk through gloo."""
@@ -48,7 +54,9 @@ def new_run_id() -> str:
 
 def launch_command(argv: Sequence[str], num_processes: int) -> list[str]:
     """The ``accelerate launch`` command that runs ``ldrps-restore argv`` in ``num_processes`` processes on this
-    machine, one device each (on a machine without CUDA, CPU processes)."""
+    machine, one device each (on a machine without CUDA, or with ``--device cpu``, CPU processes that talk through
+    gloo). ``--multi_gpu`` is accelerate's multi-process launcher (torch elastic) for CPU processes too: with
+    ``--cpu`` instead, accelerate starts one process whatever ``--num_processes`` says."""
     return [
         sys.executable,
         "-m",

@@ -30,7 +30,14 @@ from ldrps_pipeline.cli.manifest import (
     part_path,
     read_records,
 )
-from ldrps_pipeline.cli.processes import launch, launched_processes, new_run_id, process_state, run_id
+from ldrps_pipeline.cli.processes import (
+    launch,
+    launched_by_num_processes,
+    launched_processes,
+    new_run_id,
+    process_state,
+    run_id,
+)
 from ldrps_pipeline.cli.restoration import RestorationOptions, check_pass_plan
 from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, DTYPE_CHOICES, load_pipeline, resolve_dtype
 from ldrps_pipeline.scheduling_ldrps import PRESETS
@@ -225,15 +232,30 @@ def restore_jobs(
         merge_parts(
             manifest, [p for p in map(lambda i: part_path(manifest, i), range(state.num_processes)) if p.exists()]
         )
-    if state.is_main_process and not args.quiet:
-        print(summary(run_counts(manifest, run), manifest))
+    if state.is_main_process:
+        totals = run_counts(manifest, run)
+        if not args.quiet:
+            print(summary(totals, manifest))
+        if multi and not launched_by_num_processes() and (totals["failed"] or totals["interrupted"]):
+            print(raw_launch_failures(totals, manifest), file=sys.stderr)
     if multi:
-        # Under a launcher, a process that exits non-zero makes it print a traceback of its own: the processes of a
-        # multi-process run exit 0; the summary, the manifest and --num-processes's exit status tell what failed.
+        # Under a launcher (torch elastic), a process that exits non-zero makes it print a traceback of its own, and no
+        # option of accelerate launch or torchrun silences it: the processes of a multi-process run exit 0; the
+        # summary, the manifest and --num-processes's exit status tell what failed.
         return 0
     if stop:
         return 128 + stop.signal_number
     return 1 if counts["failed"] else 0
+
+
+def raw_launch_failures(totals: Counter, manifest: Path) -> str:
+    """The error line that ends a run of ``accelerate launch`` (or ``torchrun``) in which images failed or were
+    interrupted: its processes exit 0 all the same."""
+    parts = [f"{totals[status]} {status}" for status in ("failed", "interrupted") if totals[status]]
+    return (
+        f"ldrps-restore: error: {', '.join(parts)} (manifest: {manifest}); the processes of a launch exit 0 all the "
+        "same, so that the launcher prints no traceback: ldrps-restore --num-processes N gives the exit status"
+    )
 
 
 def run_counts(manifest: Path, run: str) -> Counter:
