@@ -7,7 +7,8 @@
 section of ALGORITHM.md that its step implements. What a denoising step does beyond the UNet and DDIM (the
 training of the alignment states and the posterior guidance: gate, loss terms, gradient, shift of sample 0)
 is :meth:`~guidance_ldrps.PosteriorGuidance.posterior_guidance`, read in order in ``guidance_ldrps.py``;
-the speed and memory options (xformers, ``enable_torch_compile``) come from ``options_ldrps.py``. "Guidance"
+the speed and memory options (``enable_torch_compile``, out-of-memory advice) come from ``options_ldrps.py``;
+xformers is diffusers' opt-in ``enable_xformers_memory_efficient_attention()``. "Guidance"
 alone means the posterior guidance; classifier-free guidance is "CFG" (its scale is diffusers'
 ``guidance_scale``).
 
@@ -35,13 +36,13 @@ from torch.profiler import record_function
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .attention_ldrps import DecoderAttnProcessor, use_vae_attention, use_xformers_if_installed
-from .captioning_ldrps import caption_images
+from .attention_ldrps import DecoderAttnProcessor, use_vae_attention
+from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_on, check_instruction
 from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
 from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, PosteriorGuidance, PosteriorState
 from .inputs_ldrps import PipelineImageInput, per_image_inputs
 from .options_ldrps import SpeedAndMemoryOptions
-from .perceptual_ldrps import PerceptualFeatures
+from .perceptual_ldrps import HOW_TO_GET_PERCEPTUAL_FEATURES, PerceptualFeatures
 from .scheduling_ldrps import (
     PRESETS,
     GuidanceWeights,
@@ -92,11 +93,19 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         unet: the noise (or v) prediction network with cross-attention.
         scheduler: a DDIM scheduler (another diffusers scheduler is converted to DDIM with its config).
         aligner: the alignment module template (architecture and optimiser settings; the weights are
-            re-initialised for every image).
-        posterior_scheduler: the recurrent posterior schedule, gates, weights and presets.
+            re-initialised for every image); ``None``: the paper's residual module, ``AlignmentModule()``.
+        posterior_scheduler: the recurrent posterior schedule, gates, weights and presets; ``None``: the
+            paper's settings, ``RecurrentPosteriorScheduler()``. With both defaults, a plain Stable Diffusion
+            repository loads as LD-RPS: ``DiffusionPipeline.from_pretrained(sd_repo, custom_pipeline=...,
+            trust_remote_code=True)``.
         captioner: optional transformers image-text-to-text model that writes the prompt.
         captioner_processor: its processor.
         perceptual: optional VGG16 ``features[:9]`` extractor for the perceptual terms.
+        caption_instruction: what the captioner is asked, in its family's convention
+            (``captioning_ldrps.caption_prompt``); ``None``: the paper's instruction (or the family's default
+            task for Florence-2, PaliGemma and BLIP). Saved in the pipeline's config.
+        caption_max_new_tokens: the most tokens a caption may have (40 by default; the instruction asks for
+            at most 20 words). Saved in the pipeline's config.
     """
 
     vae_attention_processor: type[AttnProcessor2_0] = DecoderAttnProcessor
@@ -104,7 +113,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
     have diffusers' default processors or :class:`DecoderAttnProcessor`: a hook for subclasses (the speed
     benchmark's reference rows give it diffusers' ``AttnProcessor2_0``)."""
     model_cpu_offload_seq = "captioner->text_encoder->unet"
-    _optional_components = ["captioner", "captioner_processor", "perceptual"]
+    _optional_components = ["aligner", "posterior_scheduler", "captioner", "captioner_processor", "perceptual"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -114,16 +123,24 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
-        aligner: AlignmentModule,
-        posterior_scheduler: RecurrentPosteriorScheduler,
+        aligner: AlignmentModule | None = None,
+        posterior_scheduler: RecurrentPosteriorScheduler | None = None,
         captioner: Any = None,
         captioner_processor: Any = None,
         perceptual: PerceptualFeatures | None = None,
+        caption_instruction: str | None = None,
+        caption_max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
     ) -> None:
         super().__init__()
+        if not is_integer_at_least(caption_max_new_tokens, 1):
+            raise ValueError(f"caption_max_new_tokens must be a positive integer, got {caption_max_new_tokens!r}")
+        check_instruction(caption_instruction)
         if not isinstance(scheduler, DDIMScheduler):
             logger.info(f"LD-RPS samples with DDIM: converting {type(scheduler).__name__} to DDIMScheduler.")
             scheduler = as_ddim_scheduler(scheduler)
+        # A Stable Diffusion repository has neither LD-RPS component: both then take the paper's settings.
+        aligner = AlignmentModule() if aligner is None else aligner
+        posterior_scheduler = RecurrentPosteriorScheduler() if posterior_scheduler is None else posterior_scheduler
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -136,12 +153,12 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             captioner_processor=captioner_processor,
             perceptual=perceptual,
         )
+        self.register_to_config(caption_instruction=caption_instruction, caption_max_new_tokens=caption_max_new_tokens)
         # The prior is never trained: frozen parameters keep every gradient off the models.
         for model in (vae, text_encoder, unet, captioner, perceptual):
             if isinstance(model, torch.nn.Module):
                 model.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
-        self._xformers_attention: bool | None = None
         self._warned: set[str] = set()
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
@@ -239,7 +256,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             self._warn_once(
                 "no perceptual",
                 "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
-                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
+                f"training are left out: {HOW_TO_GET_PERCEPTUAL_FEATURES}.",
             )
         return posterior
 
@@ -271,21 +288,22 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         return [""] * degraded.shape[0]
 
     def caption(self, images: torch.Tensor) -> list[str]:
-        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows.
+        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows, with the
+        config's ``caption_instruction`` and ``caption_max_new_tokens``.
 
-        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for
-        the captions and back to the CPU right after, so that it holds no accelerator memory while sampling.
+        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for the
+        batch's captions and back to the CPU right after, so that it holds no accelerator memory while sampling
+        (``captioning_ldrps.captioner_on``; inside an outer ``captioner_on`` block it stays where it is).
         """
         pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
-        device = self._execution_device
-        offload = device.type != "cpu" and not hasattr(self.captioner, "_hf_hook")
-        if offload:
-            self.captioner.to(device)
-        try:
-            return caption_images(self.captioner, self.captioner_processor, pil_images)
-        finally:
-            if offload:
-                self.captioner.to("cpu")
+        with captioner_on(self.captioner, self._execution_device):
+            return caption_images(
+                self.captioner,
+                self.captioner_processor,
+                pil_images,
+                instruction=self.config.caption_instruction,
+                max_new_tokens=self.config.caption_max_new_tokens,
+            )
 
     def encode_prompt(
         self, prompts: list[str], negative_prompts: list[str], device: torch.device
@@ -463,7 +481,6 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         degraded, prompts, negative_prompts, generators = per_image_inputs(image, prompt, negative_prompt, generator)
         batch_size, _, height, width = degraded.shape
         device = self._execution_device
-        use_xformers_if_installed(self, device)
         self._use_vae_attention()
         degraded = degraded.to(device)
         self._guidance_scale = float(guidance_scale)

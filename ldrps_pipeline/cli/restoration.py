@@ -74,6 +74,9 @@ def effective_settings(
         "posterior_scale": config.posterior_scale,
         "num_samples": config.num_samples,
         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "captioner": getattr(pipe.captioner, "name_or_path", type(pipe.captioner).__name__) if pipe.captioner else None,
+        "caption_instruction": pipe.config.caption_instruction,
+        "perceptual": pipe.perceptual is not None,
         "low_memory": options.low_memory,
     }
 

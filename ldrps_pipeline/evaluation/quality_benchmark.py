@@ -49,10 +49,12 @@ from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always install
 
 from ldrps_pipeline.cli.arguments import (
     SEED_RANGE,
+    add_model_arguments,
     checked_json_path,
     checked_model_and_device,
     float_in,
     int_in,
+    model_loading_options,
     silenced_libraries,
 )
 from ldrps_pipeline.evaluation.baselines import get_baselines
@@ -222,7 +224,7 @@ PAIRS_OPTIONS = ("preset", "resize", "label")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ldrps-benchmark``."""
     parser = argparse.ArgumentParser(prog="ldrps-benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--steps",
         type=int_in(1),
@@ -322,13 +324,20 @@ def _crops_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     )
 
 
+def _loaded_pipeline(args: argparse.Namespace, device: torch.device) -> LDRPSPipeline:
+    """The command's model on ``device``, loaded with the options of ``add_model_arguments``."""
+    pipe = load_pipeline(args.model, **model_loading_options(args, device)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldrps-benchmark``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json is not None:
         checked_json_path(parser, args.json)
-    checked_model_and_device(parser, args.model, args.device)
+    device = checked_model_and_device(parser, args.model, args.device)
     try:
         if args.pairs is not None:
             config = _pairs_config(parser, args)
@@ -339,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             if pair_set.match.unmatched_message():
                 print(f"ldrps-benchmark: warning: {pair_set.match.unmatched_message()}", file=sys.stderr)
             with silenced_libraries() if args.quiet else nullcontext():
-                results = run_pairs_benchmark(config, pair_set=pair_set, progress=not args.quiet)
+                pipe = _loaded_pipeline(args, device)
+                results = run_pairs_benchmark(config, pipe, pair_set=pair_set, progress=not args.quiet)
         else:
             config = _crops_config(parser, args)
             with silenced_libraries() if args.quiet else nullcontext():
-                results = run_benchmark(config, progress=not args.quiet)
+                results = run_benchmark(config, _loaded_pipeline(args, device), progress=not args.quiet)
     except (ValueError, OSError) as error:
         print(f"ldrps-benchmark: error: {error}", file=sys.stderr)
         return 2

@@ -130,8 +130,8 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
 
     names = []
 
-    def load(name, *, dtype, allow_pickle):
-        names.append((name, allow_pickle))
+    def load(name, **options):
+        names.append((name, options))
         raise Loading
 
     monkeypatch.setattr(cli, "load_pipeline", load)
@@ -139,7 +139,56 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
     a = write_image(tmp_path / "a.png")
     with pytest.raises(Loading):
         cli.main([str(a), "-o", "out", "--model", "user/repo", "--quiet"])
-    assert names == [("user/repo", False)]  # safetensors only unless --allow-pickle
+    with pytest.raises(Loading):
+        cli.main(
+            [
+                str(a),
+                "-o",
+                "out",
+                "--model",
+                "user/repo",
+                "--variant",
+                "fp16",
+                "--revision",
+                "v2",
+                "--captioner",
+                "me/vlm",
+            ]
+            + ["--caption-instruction", "What is it?", "--caption-max-tokens", "12", "--perceptual", "none", "--quiet"]
+        )
+    with pytest.raises(Loading):
+        cli.main([str(a), "-o", "out", "--model", "user/repo", "--prompt", "a cat", "--quiet"])
+    defaults = {
+        "dtype": torch.float32,
+        "allow_pickle": False,  # safetensors only unless --allow-pickle
+        "variant": None,
+        "revision": None,
+        "captioner": None,  # the model's own
+        "perceptual": "auto",
+        "caption_instruction": None,
+        "caption_max_new_tokens": None,
+    }
+    assert names == [
+        ("user/repo", defaults),
+        (
+            "user/repo",
+            {
+                **defaults,
+                "variant": "fp16",
+                "revision": "v2",
+                "captioner": "me/vlm",
+                "perceptual": "none",
+                "caption_instruction": "What is it?",
+                "caption_max_new_tokens": 12,
+            },
+        ),
+        ("user/repo", {**defaults, "captioner": "none"}),  # a given prompt needs no captioner
+    ]
+
+
+def test_a_captioner_with_a_given_prompt_is_refused_before_loading(model, tmp_path, capsys, never_loads):
+    argv = [write_image(tmp_path / "a.png"), "-o", tmp_path / "out", "--model", model, "--prompt", "a cat"]
+    assert "--captioner is not used with --prompt" in refused(capsys, [*argv, "--captioner", "me/vlm"])
 
 
 def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -147,7 +196,7 @@ def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatc
 
     from ldrps_pipeline.hub import loading
 
-    def offline_download(repo_id, filename):
+    def offline_download(repo_id, filename, **hub_options):
         raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the local cache")
 
     monkeypatch.setattr(loading, "hf_hub_download", offline_download)  # what an offline machine gets
@@ -216,8 +265,8 @@ def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypat
     loaded = []
     load = cli.load_pipeline
 
-    def recording_load(name, *, dtype, allow_pickle):
-        pipe = load(name, dtype=dtype, allow_pickle=allow_pickle)
+    def recording_load(name, **options):
+        pipe = load(name, **options)
         loaded.append(pipe.unet.dtype)
         return pipe
 
@@ -254,8 +303,24 @@ def test_resolve_dtype():
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float32", "cuda") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError, match="dtype must be one of"):
-        resolve_dtype("float16", "cpu")
+        resolve_dtype("float64", "cpu")
+
+
+def test_auto_dtype_takes_bfloat16_only_where_the_card_has_it_natively(monkeypatch):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native or including_emulation  # a T4 or V100 emulates bfloat16: supported only with emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    native = False
+    assert resolve_dtype("auto", "cuda") == torch.float32
+    native = True
+    assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    assert asked == [False, False]
 
 
 def test_resolve_device(monkeypatch):
