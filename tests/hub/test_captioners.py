@@ -2,6 +2,7 @@
 any weights load where it can tell), the torchvision requirement; and the table of checked captioners."""
 
 import json
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -112,3 +113,8 @@ def test_the_checked_captioners_table():
     table = captioner_table().splitlines()
     assert len(table) == 2 + len(CAPTIONERS)
     assert all(f"`{c.repo_id}`" in row for c, row in zip(CAPTIONERS, table[2:], strict=True))
+
+
+def test_the_readme_carries_the_captioner_table():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert captioner_table() in readme
