@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldrps_pipeline.captioning_ldrps import caption_prompt
 from ldrps_pipeline.cli.image_files import ImageFile
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
@@ -87,6 +88,13 @@ def check_pass_plan(pipe: LDRPSPipeline, options: RestorationOptions) -> None:
     steps = options.steps if options.steps is not None else posterior.config.num_inference_steps
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     posterior.set_timesteps(steps, scheduler, options.recurrences, options.strength)
+
+
+def check_caption_settings(pipe: LDRPSPipeline) -> None:
+    """Raise ``ValueError`` (naming the captioner's family) when its instruction is one the captioner cannot follow,
+    before any image."""
+    if pipe.captioner is not None:
+        caption_prompt(pipe.captioner, pipe.captioner_processor, pipe.config.caption_instruction)
 
 
 def restore_image(

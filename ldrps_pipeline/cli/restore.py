@@ -40,7 +40,7 @@ from ldrps_pipeline.cli.manifest import (
     read_records,
 )
 from ldrps_pipeline.cli.processes import launch, launched_processes, new_run_id, process_state, run_id
-from ldrps_pipeline.cli.restoration import RestorationOptions, check_pass_plan
+from ldrps_pipeline.cli.restoration import RestorationOptions, check_caption_settings, check_pass_plan
 from ldrps_pipeline.hub.loading import load_pipeline
 from ldrps_pipeline.scheduling_ldrps import PRESETS
 
@@ -202,6 +202,7 @@ def restore_jobs(
                 loading["captioner"] = "none"  # the prompt is given: no caption is asked for
             pipe = load_pipeline(args.model, **loading).to(device)
             check_pass_plan(pipe, options)
+            check_caption_settings(pipe)
         except (OSError, ValueError) as error:
             print(f"ldrps-restore: error: {error}", file=sys.stderr)
             return 2

@@ -17,7 +17,9 @@ from transformers.utils import logging as transformers_logging
 from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.arguments import silenced_libraries
+from ldrps_pipeline.cli.manifest import DEFAULT_MANIFEST_NAME, read_records
 from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
+from tiny_components import tiny_captioner
 
 
 def write_image(path, height=10, width=14, seed=0):
@@ -371,3 +373,32 @@ def test_out_of_device_memory_is_a_clear_error_and_keeps_earlier_outputs(model, 
     # Options already given are not offered again.
     assert restore(model, b, "-o", tmp_path / "again", "--low-memory", "--preset", "fast") == 1
     assert "what needs less memory: a smaller image" in capsys.readouterr().err
+
+
+def test_a_captioner_by_folder_writes_the_prompts_and_an_instruction_it_cannot_follow_is_refused(
+    model, tmp_path, capsys
+):
+    captioner, processor = tiny_captioner(str(tmp_path))  # a BLIP: captions the image alone
+    captioner.save_pretrained(tmp_path / "captioner")
+    processor.save_pretrained(tmp_path / "captioner")
+    a = write_image(tmp_path / "a.png")
+    argv = [a, "-o", tmp_path / "out", "--captioner", tmp_path / "captioner"]
+    assert restore(model, *argv, "--caption-max-tokens", "2") == 0
+    (record,) = [r for r in read_records(tmp_path / "out" / DEFAULT_MANIFEST_NAME) if r["status"] == "done"]
+    assert record["prompt"].split() == ["cat", "cat"]
+    assert record["settings"]["captioner"] == str(tmp_path / "captioner")
+    capsys.readouterr()
+    assert (
+        restore(
+            model,
+            a,
+            "-o",
+            tmp_path / "asked",
+            "--captioner",
+            tmp_path / "captioner",
+            "--caption-instruction",
+            "Say it.",
+        )
+        == 2
+    )
+    assert "takes no instruction" in capsys.readouterr().err and not (tmp_path / "asked" / "a.png").exists()
