@@ -17,6 +17,7 @@ from transformers.utils import logging as transformers_logging
 from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.arguments import silenced_libraries
+from ldrps_pipeline.cli.manifest import read_records
 from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
 
 
@@ -306,3 +307,28 @@ def test_out_of_device_memory_is_a_clear_error_and_keeps_earlier_outputs(model, 
     # Options already given are not offered again.
     assert restore(model, b, "-o", tmp_path / "again", "--low-memory", "--preset", "fast") == 1
     assert "what needs less memory: a smaller image" in capsys.readouterr().err
+
+
+def test_operator_option_restores_with_a_known_operator_and_records_it(model, tmp_path, monkeypatch):
+    operators = []
+    call = LDRPSPipeline.__call__
+
+    def recording_call(pipe, image, **kwargs):
+        operators.append(kwargs["operator"])
+        return call(pipe, image, **kwargs)
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", recording_call)
+    a = write_image(tmp_path / "a.png")
+    assert restore(model, a, "-o", tmp_path / "known", "--operator", "identity") == 0
+    assert restore(model, a, "-o", tmp_path / "learned") == 0
+    assert operators == ["identity", None]
+    assert PIL.Image.open(tmp_path / "known" / "a.png").size == (14, 10)
+    for folder, operator in (("known", "identity"), ("learned", None)):
+        (record,) = read_records(tmp_path / folder / "ldrps-manifest.jsonl")
+        assert record["status"] == "done" and record["settings"]["operator"] == operator
+
+
+def test_refuses_an_unknown_operator_before_loading(model, tmp_path, capsys, never_loads):
+    a = write_image(tmp_path / "a.png")
+    error = refused(capsys, [a, "-o", tmp_path / "out", "--model", model, "--operator", "sharpen"])
+    assert "argument --operator: invalid choice: 'sharpen'" in error and "identity" in error
