@@ -471,8 +471,9 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        # 0. Inputs, before any model runs: the arguments checked, the preset resolved, the images read with one
-        #    prompt and one generator each, the passes planned (Recurrence) with the guidance of each step (Guidance 2).
+        # 0. Inputs, before any model runs: the arguments checked, the preset and a known operator resolved, the images
+        #    read with one prompt and one generator each (the operator's output shape checked on them), the passes
+        #    planned (Recurrence) with the guidance of each step (Guidance 2).
         self.check_inputs(
             num_inference_steps,
             recurrences,
