@@ -4,7 +4,8 @@
 
 Each term is a small function; the weights and the timestep gates that switch them on come from
 :class:`RecurrentPosteriorScheduler` (planned once per pass), the alignment module ``f`` and the
-discriminators from each image's :class:`AlignmentTrainer`. Everything here runs in float32: decoded
+discriminators from each image's :class:`AlignmentTrainer` (in known-operator mode, a fixed ``A`` in place of
+``f`` and nothing trained: ``KnownOperatorAlignment`` of ``operators_ldrps``). Everything here runs in float32: decoded
 images are cast to float32 before the loss.
 
 This module imports no sibling module, so the Hub export can copy it beside the pipeline file: the
@@ -39,7 +40,8 @@ class LossWeights(Protocol):
 
 
 class ImageAlignment(Protocol):
-    """What the posterior guidance uses of one image's alignment state (``AlignmentTrainer``)."""
+    """What the posterior guidance uses of one image's alignment state (``AlignmentTrainer``, or
+    ``KnownOperatorAlignment`` with a known operator)."""
 
     def train_step(self, estimates: torch.Tensor, degraded: torch.Tensor, cap_perceptual: bool) -> torch.Tensor: ...
 
@@ -135,6 +137,9 @@ class PosteriorState:
         exposure_patch_size: the pooling size of the exposure loss.
         perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
         degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
+        learns_alignment: whether the alignment states learn while sampling; ``False`` with a known operator in
+            place of ``f`` (``operators_ldrps``): nothing is trained, so nothing is decoded above the guidance
+            gate, and below it sample 0 alone.
     """
 
     trainers: Sequence[ImageAlignment]
@@ -144,6 +149,7 @@ class PosteriorState:
     exposure_patch_size: int
     perceptual_distance: PerceptualDistanceToFeatures | None
     degraded_features: torch.Tensor | None
+    learns_alignment: bool = True
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
         """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
@@ -205,11 +211,14 @@ class PosteriorGuidance:
             ``z_{t-1}``, with ``g = grad(-scale * L, z0_hat)`` added to sample 0 of every image below the gate.
         """
         guided = weights is not None
+        if not (guided or state.learns_alignment):
+            return latents  # a known operator above the guidance gate: nothing to train, nothing to guide
         # Guidance 1: x = x0(z0_hat) of every sample, with a graph to z0_hat only for sample 0 and when guided.
         z0, estimate, estimates = self._decode_estimates(pred_original_sample, state, graph=guided)
         # Alignment module 1-2: D_f, then f, take one Adam step on the (detached) estimates of all samples.
-        with record_function(GUIDANCE_PROFILER_RANGES["alignment_training"]):
-            state.train_alignment(estimates, cap_perceptual=guided)
+        if state.learns_alignment:
+            with record_function(GUIDANCE_PROFILER_RANGES["alignment_training"]):
+                state.train_alignment(estimates, cap_perceptual=guided)
         # Guidance 2: no guidance for t >= guidance_start.
         if not guided:
             return latents
@@ -231,7 +240,7 @@ class PosteriorGuidance:
         Returns:
             ``(z0, estimate, estimates)``: with ``graph``, the x0 latent of sample 0 as a leaf that requires grad
             and its decode with a graph to it (else ``None, None``); and the detached estimates of all
-            samples, (B, S, 3, H, W).
+            samples, (B, S, 3, H, W) (of sample 0 alone, (B, 1, 3, H, W), when the alignment states do not learn).
         """
         batch_size, _, height, width = state.degraded.shape
         latents = pred_original_sample.unflatten(0, (batch_size, state.num_samples))
@@ -243,5 +252,6 @@ class PosteriorGuidance:
             decoded = [estimate.detach()]
         else:
             decoded = [self.decode(latents[:, 0], height, width)]
-        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, state.num_samples)]
+        others = range(1, state.num_samples) if state.learns_alignment else ()  # they only train f
+        decoded += [self.decode(latents[:, sample], height, width) for sample in others]
         return z0, estimate, torch.stack(decoded, dim=1)

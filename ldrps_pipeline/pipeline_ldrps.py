@@ -41,6 +41,7 @@ from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_
 from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
 from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, PosteriorGuidance, PosteriorState
 from .inputs_ldrps import PipelineImageInput, per_image_inputs
+from .operators_ldrps import KnownOperatorAlignment, Operator, check_operator_output, resolve_operator
 from .options_ldrps import SpeedAndMemoryOptions
 from .perceptual_ldrps import HOW_TO_GET_PERCEPTUAL_FEATURES, PerceptualFeatures
 from .scheduling_ldrps import (
@@ -217,6 +218,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         strength: float | None,
         guidance_scale: float,
         preset: str | None,
+        operator: str | Operator | None,
         unet_batch_size: int | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
@@ -232,6 +234,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        resolve_operator(operator)  # an unknown name or an object that is not callable
         if unet_batch_size is not None and not is_integer_at_least(unet_batch_size, 1):
             raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
@@ -247,11 +250,15 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
                 f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
             )
 
-    def _posterior_scheduler(self, preset: str | None) -> RecurrentPosteriorScheduler:
-        """The call's posterior scheduler: the component, with ``preset`` applied when one is given. Warns once
-        when it weights a perceptual term and the pipeline has no ``perceptual`` component."""
+    def _posterior_scheduler(self, preset: str | None, operator: Operator | None) -> RecurrentPosteriorScheduler:
+        """The call's posterior scheduler: the component, with ``preset`` applied when one is given, and with a known
+        ``operator`` no adversarial term (its ``D_g`` learns from ``f``'s residuals). Warns once when it weights a
+        perceptual term and the pipeline has no ``perceptual`` component."""
         posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
-        perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        if operator is not None:
+            posterior = type(posterior).from_config(posterior.config, adversarial_weight=0.0)
+        config = posterior.config
+        perceptual_weighted = config.perceptual_weight > 0 or (operator is None and config.aligner_loss_weights[1] > 0)
         if self.perceptual is None and perceptual_weighted:
             self._warn_once(
                 "no perceptual",
@@ -374,13 +381,20 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         return uncond + guidance_scale * (cond - uncond)
 
     def new_alignment_state(
-        self, generator: torch.Generator | None, posterior: RecurrentPosteriorScheduler, device: torch.device
-    ) -> AlignmentTrainer:
+        self,
+        generator: torch.Generator | None,
+        posterior: RecurrentPosteriorScheduler,
+        device: torch.device,
+        operator: Operator | None = None,
+    ) -> AlignmentTrainer | KnownOperatorAlignment:
         """Fresh per-image state: ``f`` re-initialised from a seed drawn from the image's generator, its
-        optimiser, ``D_f`` and (only when the adversarial guidance term is on) ``D_g``."""
+        optimiser, ``D_f`` and (only when the adversarial guidance term is on) ``D_g``; with a known ``operator``,
+        that operator in place of ``f`` and nothing to train (the seed is drawn all the same)."""
         seed = int(
             torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator else "cpu")
         )
+        if operator is not None:
+            return KnownOperatorAlignment(operator)
         config = posterior.config
         return AlignmentTrainer(
             self.aligner,
@@ -396,7 +410,11 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         )
 
     def _posterior_state(
-        self, degraded: torch.Tensor, trainers: list[AlignmentTrainer], posterior: RecurrentPosteriorScheduler
+        self,
+        degraded: torch.Tensor,
+        trainers: list[AlignmentTrainer | KnownOperatorAlignment],
+        posterior: RecurrentPosteriorScheduler,
+        learns_alignment: bool,
     ) -> PosteriorState:
         """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once)."""
         _, _, height, width = degraded.shape
@@ -408,6 +426,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             exposure_patch_size=posterior.config.exposure_patch_size,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
+            learns_alignment=learns_alignment,
         )
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -425,6 +444,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         strength: float | None = None,
         guidance_scale: float = 8.0,
         preset: str | None = None,
+        operator: str | Operator | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         unet_batch_size: int | None = None,
         output_type: str = "pil",
@@ -448,6 +468,10 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             preset: ``"lowlight"``, ``"dehaze"``, ``"denoise"`` (the reference's per-task settings),
                 ``"default"``, or ``"fast"`` (one sample, 50 + 25 steps); ``None`` uses the
                 ``posterior_scheduler`` component as configured.
+            operator: known-operator mode (beyond the paper): a known differentiable degradation ``A`` in place of the
+                learned ``f``, by name (``operators_ldrps.OPERATORS``: ``"identity"``, ``"downsample_x4"``, ``"blur"``,
+                ``"grayscale"``, ``"lowlight"``) or any callable (B, 3, H, W) -> (B, 3, H, W). The loss then uses
+                ``A(x)``, nothing is trained, and the adversarial term is off (it needs ``f``'s ``D_g``).
             generator: a generator, or one per image for per-image reproducibility (a batch then
                 gives exactly the images of separate runs).
             unet_batch_size: rows per UNet call (``None``: all samples and both CFG branches in one call).
@@ -465,24 +489,29 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        # 0. Inputs, before any model runs: the arguments checked, the preset resolved, the images read with one
-        #    prompt and one generator each, the passes planned (Recurrence) with the guidance of each step (Guidance 2).
+        # 0. Inputs, before any model runs: the arguments checked, the preset and a known operator resolved, the images
+        #    read with one prompt and one generator each (the operator's output shape checked on them), the passes
+        #    planned (Recurrence) with the guidance of each step (Guidance 2).
         self.check_inputs(
             num_inference_steps,
             recurrences,
             strength,
             guidance_scale,
             preset,
+            operator,
             unet_batch_size,
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        posterior = self._posterior_scheduler(preset)
+        operator = resolve_operator(operator)
+        posterior = self._posterior_scheduler(preset, operator)
         degraded, prompts, negative_prompts, generators = per_image_inputs(image, prompt, negative_prompt, generator)
         batch_size, _, height, width = degraded.shape
         device = self._execution_device
         self._use_vae_attention()
         degraded = degraded.to(device)
+        if operator is not None:
+            check_operator_output(operator, degraded)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
@@ -497,10 +526,11 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             prompt_embeds, negative_prompt_embeds, num_samples, self.do_classifier_free_guidance
         )
 
-        # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, seeded from each image's
-        #    generator (with the guidance off too, so that a seed gives the same noise), and P(y).
-        trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
-        state = self._posterior_state(degraded, trainers, posterior) if posterior.guides else None
+        # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, or a known operator A in
+        #    place of f (nothing to train), seeded from each image's generator (with the guidance off or an
+        #    operator too, so that a seed gives the same noise), and P(y).
+        trainers = [self.new_alignment_state(g, posterior, device, operator) for g in generators]
+        state = self._posterior_state(degraded, trainers, posterior, operator is None) if posterior.guides else None
 
         # 4. Independent noise for every sample (Samples).
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))

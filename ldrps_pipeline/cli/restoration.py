@@ -26,9 +26,11 @@ SAFER_POSTERIOR_SCALE_FACTOR = 0.5
 
 @dataclass(frozen=True)
 class RestorationOptions:
-    """The command's restoration options (``None``: the preset's or the posterior scheduler's value)."""
+    """The command's restoration options (``None``: the preset's or the posterior scheduler's value; for
+    ``operator``, the name of a built-in known operator, the learned alignment network)."""
 
     preset: str | None = None
+    operator: str | None = None
     steps: int | None = None
     recurrences: int | None = None
     strength: float | None = None
@@ -68,6 +70,7 @@ def effective_settings(
     """Every setting a restoration with ``options`` and ``posterior`` runs with, defaults resolved."""
     config = posterior.config
     return {
+        "operator": options.operator,
         "steps": options.steps if options.steps is not None else config.num_inference_steps,
         "recurrences": options.recurrences if options.recurrences is not None else config.recurrences,
         "strength": options.strength if options.strength is not None else config.strength,
@@ -146,6 +149,7 @@ def _restore(
             strength=options.strength,
             guidance_scale=options.guidance_scale,
             preset=preset,
+            operator=options.operator,
             generator=torch.Generator().manual_seed(options.seed),
             unet_batch_size=1 if options.low_memory else None,
             output_type="np",

@@ -42,6 +42,7 @@ from ldrps_pipeline.cli.manifest import (
 from ldrps_pipeline.cli.processes import launch, launched_processes, new_run_id, process_state, run_id
 from ldrps_pipeline.cli.restoration import RestorationOptions, check_caption_settings, check_pass_plan
 from ldrps_pipeline.hub.loading import load_pipeline
+from ldrps_pipeline.operators_ldrps import OPERATORS
 from ldrps_pipeline.scheduling_ldrps import PRESETS
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default=None, help="per-task settings, or fast (one sample, 50 + 25 steps)"
+    )
+    parser.add_argument(
+        "--operator",
+        choices=sorted(OPERATORS),
+        default=None,
+        help="known-operator mode: this known degradation in place of the learned alignment network (identity for "
+        "noise; the parameters of ldrps-benchmark's degradations)",
     )
     parser.add_argument(
         "--steps", type=int_in(1), default=None, help="DDIM steps of pass 0 (default: preset's; 450, fast 50)"
@@ -185,6 +193,7 @@ def restore_jobs(
     context = RunContext(run, state.process_index, str(device), args.preset)
     options = RestorationOptions(
         preset=args.preset,
+        operator=args.operator,
         steps=args.steps,
         recurrences=args.recurrences,
         strength=args.strength,

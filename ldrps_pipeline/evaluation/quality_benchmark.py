@@ -11,6 +11,9 @@ for these methods:
 - ``input``: the degraded image itself;
 - ``ldrps-default``: LD-RPS with the task-blind preset ``"default"``;
 - ``ldrps-<preset>``: LD-RPS with the task preset, where one applies (:data:`TASK_PRESETS`);
+- ``ldrps-known-operator``: an oracle, preset ``"default"`` with the degradation's known operator in place of
+  the learned alignment network (``Degradation.operator``: its deterministic part), where it has one (all but
+  haze and rain);
 - ``ldrps-guidance-off``: preset ``"default"`` with ``posterior_scale = 0``: the prior alone, which
   only sees the input through the captioner's prompt (without a captioner: an unconditional sample);
 - the classical baselines of :func:`~ldrps_pipeline.evaluation.baselines.get_baselines`; an oracle (a baseline
@@ -158,6 +161,12 @@ def methods_for(pipe: LDRPSPipeline, degradation: str, config: BenchmarkConfig) 
     for preset in presets:
         posterior = pipe.posterior_scheduler.with_preset(preset, **guided)
         methods.append(ldrps_method(pipe, f"ldrps-{preset}", posterior, config.steps, config.recurrences))
+    operator = get_degradation(degradation).operator
+    if operator is not None:
+        posterior = pipe.posterior_scheduler.with_preset("default", **guided)
+        methods.append(
+            ldrps_method(pipe, "ldrps-known-operator", posterior, config.steps, config.recurrences, operator)
+        )
     prior_only = pipe.posterior_scheduler.with_preset("default", posterior_scale=0.0)
     methods.append(ldrps_method(pipe, "ldrps-guidance-off", prior_only, config.steps, config.recurrences))
     for name, baseline in get_baselines(degradation):

@@ -402,3 +402,28 @@ def test_a_captioner_by_folder_writes_the_prompts_and_an_instruction_it_cannot_f
         == 2
     )
     assert "takes no instruction" in capsys.readouterr().err and not (tmp_path / "asked" / "a.png").exists()
+
+
+def test_operator_option_restores_with_a_known_operator_and_records_it(model, tmp_path, monkeypatch):
+    operators = []
+    call = LDRPSPipeline.__call__
+
+    def recording_call(pipe, image, **kwargs):
+        operators.append(kwargs["operator"])
+        return call(pipe, image, **kwargs)
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", recording_call)
+    a = write_image(tmp_path / "a.png")
+    assert restore(model, a, "-o", tmp_path / "known", "--operator", "identity") == 0
+    assert restore(model, a, "-o", tmp_path / "learned") == 0
+    assert operators == ["identity", None]
+    assert PIL.Image.open(tmp_path / "known" / "a.png").size == (14, 10)
+    for folder, operator in (("known", "identity"), ("learned", None)):
+        (record,) = read_records(tmp_path / folder / "ldrps-manifest.jsonl")
+        assert record["status"] == "done" and record["settings"]["operator"] == operator
+
+
+def test_refuses_an_unknown_operator_before_loading(model, tmp_path, capsys, never_loads):
+    a = write_image(tmp_path / "a.png")
+    error = refused(capsys, [a, "-o", tmp_path / "out", "--model", model, "--operator", "sharpen"])
+    assert "argument --operator: invalid choice: 'sharpen'" in error and "identity" in error

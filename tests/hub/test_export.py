@@ -25,6 +25,7 @@ def test_hub_export_loads_where_the_package_is_not_importable(saved, tmp_path):
     assert index["aligner"] == ["alignment_ldrps", "AlignmentModule"]
     assert index["posterior_scheduler"] == ["scheduling_ldrps", "RecurrentPosteriorScheduler"]
     assert (exported / "aligner" / "alignment_ldrps.py").is_file()
+    assert (exported / "operators_ldrps.py").is_file()  # known-operator mode: the pipeline file imports it
     images, module = run_fresh(
         tmp_path, f"pipe = DiffusionPipeline.from_pretrained({str(exported)!r}, trust_remote_code=True)", True
     )
