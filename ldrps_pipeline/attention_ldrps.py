@@ -1,20 +1,16 @@
 # Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
 # `DecoderAttnProcessor.__call__` is adapted from diffusers' `AttnProcessor2_0`
 # (Copyright The HuggingFace Team, Apache License 2.0).
-"""The attention processor of the VAE decoder, whose backward runs at every guided step, and the switching of
-the models' attention processors that the pipeline does on its own (never over your own processors).
+"""The attention processor of the VAE decoder, whose backward runs at every guided step, and its switching-on,
+which the pipeline does on its own only over diffusers' default processors (never over xformers, switched on with
+diffusers' ``pipe.enable_xformers_memory_efficient_attention()``, or your own processors).
 
 This module imports no sibling module, so the Hub export can ship it next to the pipeline file.
 """
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
-from diffusers.utils import is_xformers_available, logging
-
-logger = logging.get_logger(__name__)
 
 DECODER_ATTENTION_MAX_TOKENS = 4096
 """Positions up to which :class:`DecoderAttnProcessor` writes the attention out (a 64x64 latent: 512x512 px)."""
@@ -107,19 +103,3 @@ def use_vae_attention(vae: torch.nn.Module, processor_class: type[AttnProcessor2
     processors = vae.attn_processors.values()
     if processors and has_default_attention(vae) and any(type(p) is not processor_class for p in processors):
         vae.set_attn_processor(processor_class())
-
-
-def use_xformers_if_installed(pipe: Any, device: torch.device) -> None:
-    """On CUDA, switch xformers' memory-efficient attention on for ``pipe`` (a diffusers pipeline with a ``unet``,
-    a ``vae`` and an ``xformers_attention`` property) when it is installed, unless it was switched on or off
-    explicitly or the attention processors are not diffusers' defaults; otherwise, or when the installed xformers
-    cannot run here (with a warning), the attention stays as it is (SDPA)."""
-    if device.type != "cuda" or pipe.xformers_attention is not None or not is_xformers_available():
-        return
-    if not has_default_attention(pipe.unet, pipe.vae):
-        return  # the user's own attention processors are never replaced
-    try:
-        pipe.enable_xformers_memory_efficient_attention()
-    except Exception as error:  # installed, but e.g. built without kernels for this card or torch
-        logger.warning(f"xformers is installed but cannot be used here ({error!r}); keeping SDPA attention.")
-        pipe.disable_xformers_memory_efficient_attention()

@@ -39,6 +39,12 @@ PALIGEMMA_CAPTION_PREFIXES = ("caption ", "describe ", "answer ")
 """The PaliGemma task prefixes that describe an image ("caption en", "describe en", "answer en <question>")."""
 
 
+def check_instruction(instruction: str | None) -> None:
+    """Raise ``ValueError`` unless ``instruction`` is ``None`` or a non-empty string."""
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise ValueError(f"the caption instruction must be a non-empty string or None, got {instruction!r}")
+
+
 def caption_prompt(model: Any, processor: Any, instruction: str | None = None) -> str | None:
     """The text that goes with the image to ``processor``, in the prompt convention of ``model``'s family.
 
@@ -58,8 +64,7 @@ def caption_prompt(model: Any, processor: Any, instruction: str | None = None) -
             :data:`PALIGEMMA_CAPTION_PREFIXES`), or any instruction for a model that captions the image
             alone (BLIP); or an empty instruction.
     """
-    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
-        raise ValueError(f"the caption instruction must be a non-empty string or None, got {instruction!r}")
+    check_instruction(instruction)
     model_type = getattr(model.config, "model_type", "")
     if model_type == "florence2":
         task = instruction or "<DETAILED_CAPTION>"
@@ -149,16 +154,35 @@ def caption_images(
     return captions
 
 
+def _device_of(model: Any) -> torch.device | None:
+    """Where ``model``'s weights are (``model.device``, else its first parameter's device), ``None`` if unknown."""
+    device = getattr(model, "device", None)
+    if device is None and isinstance(model, torch.nn.Module):
+        device = next((parameter.device for parameter in model.parameters()), None)
+    return None if device is None else torch.device(device)
+
+
+def _is_on(model: Any, device: torch.device) -> bool:
+    """Whether ``model``'s weights are on ``device`` (``cuda`` without an index matches every CUDA index: the
+    current one)."""
+    current = _device_of(model)
+    if current is None or current.type != device.type:
+        return False
+    return current.index == device.index or None in (current.index, device.index)
+
+
 @contextlib.contextmanager
 def captioner_on(model: Any, device: torch.device | str) -> Iterator[None]:
-    """Keep ``model`` on ``device`` for the block, then move it to the CPU, so that it holds no
+    """Keep ``model`` on ``device`` for the block, then move it back to the CPU, so that it holds no
     accelerator memory between caption batches.
 
-    Nothing moves on the CPU, or for a model under accelerate's offload hooks (which move it
-    themselves). Caption a whole batch inside one block: the weights cross once each way.
+    Nothing moves on the CPU, for a model under accelerate's offload hooks (which move it themselves), or
+    for a model already on ``device`` (an outer block keeps it there: a folder run that captions image after
+    image wraps the whole run in one block, and each caption inside it moves nothing). Caption a whole batch
+    inside one block: the weights cross once each way.
     """
     device = torch.device(device)
-    moves = device.type != "cpu" and not hasattr(model, "_hf_hook")
+    moves = device.type != "cpu" and not hasattr(model, "_hf_hook") and not _is_on(model, device)
     if moves:
         model.to(device)
     try:

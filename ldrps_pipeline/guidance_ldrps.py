@@ -6,7 +6,8 @@ reads once per pass (:class:`NonFiniteSampleError`).
 
 Each term is a small function; the weights and the timestep gates that switch them on come from
 :class:`RecurrentPosteriorScheduler` (planned once per pass), the alignment module ``f`` and the
-discriminators from each image's :class:`AlignmentTrainer`. Everything here runs in float32: decoded
+discriminators from each image's :class:`AlignmentTrainer` (in known-operator mode, a fixed ``A`` in place of
+``f`` and nothing trained: ``KnownOperatorAlignment`` of ``operators_ldrps``). Everything here runs in float32: decoded
 images are cast to float32 before the loss.
 
 This module imports no sibling module, so the Hub export can copy it beside the pipeline file: the
@@ -41,7 +42,8 @@ class LossWeights(Protocol):
 
 
 class ImageAlignment(Protocol):
-    """What the posterior guidance uses of one image's alignment state (``AlignmentTrainer``)."""
+    """What the posterior guidance uses of one image's alignment state (``AlignmentTrainer``, or
+    ``KnownOperatorAlignment`` with a known operator)."""
 
     def train_step(self, estimates: torch.Tensor, degraded: torch.Tensor, cap_perceptual: bool) -> torch.Tensor: ...
 
@@ -216,6 +218,9 @@ class PosteriorState:
         exposure_patch_size: the pooling size of the exposure loss.
         perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
         degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
+        learns_alignment: whether the alignment states learn while sampling; ``False`` with a known operator in
+            place of ``f`` (``operators_ldrps``): nothing is trained, so nothing is decoded above the guidance
+            gate, and below it sample 0 alone.
         non_finite: the call's :class:`NonFiniteFlags`, into which :meth:`loss` and :meth:`shift_sample_zero`
             record each image's loss and gradient; ``None`` records nothing.
     """
@@ -227,6 +232,7 @@ class PosteriorState:
     exposure_patch_size: int
     perceptual_distance: PerceptualDistanceToFeatures | None
     degraded_features: torch.Tensor | None
+    learns_alignment: bool = True
     non_finite: NonFiniteFlags | None = None
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
@@ -297,11 +303,14 @@ class PosteriorGuidance:
             ``z_{t-1}``, with ``g = grad(-scale * L, z0_hat)`` added to sample 0 of every image below the gate.
         """
         guided = weights is not None
+        if not (guided or state.learns_alignment):
+            return latents  # a known operator above the guidance gate: nothing to train, nothing to guide
         # Guidance 1: x = x0(z0_hat) of every sample, with a graph to z0_hat only for sample 0 and when guided.
         z0, estimate, estimates = self._decode_estimates(pred_original_sample, state, graph=guided)
         # Alignment module 1-2: D_f, then f, take one Adam step on the (detached) estimates of all samples.
-        with record_function(GUIDANCE_PROFILER_RANGES["alignment_training"]):
-            state.train_alignment(estimates, cap_perceptual=guided)
+        if state.learns_alignment:
+            with record_function(GUIDANCE_PROFILER_RANGES["alignment_training"]):
+                state.train_alignment(estimates, cap_perceptual=guided)
         # Guidance 2: no guidance for t >= guidance_start.
         if not guided:
             return latents
@@ -323,7 +332,7 @@ class PosteriorGuidance:
         Returns:
             ``(z0, estimate, estimates)``: with ``graph``, the x0 latent of sample 0 as a leaf that requires grad
             and its decode with a graph to it (else ``None, None``); and the detached estimates of all
-            samples, (B, S, 3, H, W).
+            samples, (B, S, 3, H, W) (of sample 0 alone, (B, 1, 3, H, W), when the alignment states do not learn).
         """
         batch_size, _, height, width = state.degraded.shape
         latents = pred_original_sample.unflatten(0, (batch_size, state.num_samples))
@@ -335,5 +344,6 @@ class PosteriorGuidance:
             decoded = [estimate.detach()]
         else:
             decoded = [self.decode(latents[:, 0], height, width)]
-        decoded += [self.decode(latents[:, sample], height, width) for sample in range(1, state.num_samples)]
+        others = range(1, state.num_samples) if state.learns_alignment else ()  # they only train f
+        decoded += [self.decode(latents[:, sample], height, width) for sample in others]
         return z0, estimate, torch.stack(decoded, dim=1)

@@ -1,5 +1,6 @@
-"""The speed and memory options of :class:`LDRPSPipeline` (README, "Speed and memory"): the xformers switch,
-``torch.compile`` of the networks every step runs, and the advice an out-of-memory error gets.
+"""The speed and memory options of :class:`LDRPSPipeline` (README, "Speed and memory"): ``torch.compile`` of the
+networks every step runs, and the advice an out-of-memory error gets. xformers is diffusers' own opt-in switch,
+``pipe.enable_xformers_memory_efficient_attention()``: nothing here switches it on.
 
 A mixin of the pipeline, which supplies the components (``vae``, ``unet``, ``aligner``, ``perceptual``),
 ``_execution_device`` and ``_use_vae_attention`` (the VAE's attention processor, set before compiling).
@@ -7,7 +8,7 @@ This module imports no sibling module, so the Hub export can copy it beside the 
 """
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,19 +18,7 @@ logger = logging.get_logger(__name__)
 
 
 class SpeedAndMemoryOptions:
-    """xformers, ``torch.compile`` and out-of-memory advice for :class:`LDRPSPipeline`."""
-
-    @property
-    def xformers_attention(self) -> bool | None:
-        """Whether xformers attention was switched on (``True``) or off (``False``) explicitly, or ``None``:
-        left to the pipeline, which switches it on at the first CUDA call when xformers is installed."""
-        return self._xformers_attention
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
-        """diffusers' switch behind ``enable_/disable_xformers_memory_efficient_attention``; the choice is
-        remembered, so that the automatic switch-on of the first CUDA call never overrides it."""
-        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
-        self._xformers_attention = valid
+    """``torch.compile`` and out-of-memory advice for :class:`LDRPSPipeline`."""
 
     def enable_torch_compile(self, small_networks: bool = False, **compile_options: Any) -> None:
         """Compile the big modules that every step runs with ``torch.compile``: the UNet and the VAE decoder.
@@ -52,7 +41,7 @@ class SpeedAndMemoryOptions:
         batch, grad mode and autocast state is one) further shapes run eagerly, with a warning: raise
         that limit when restoring images of many sizes. The VAE's default attention processors become
         :class:`DecoderAttnProcessor` first; otherwise the processors stay as they are (SDPA by default,
-        which inductor compiles): no automatic switch to xformers follows. CUDA-graph modes
+        which inductor compiles, or xformers where you switched it on). CUDA-graph modes
         (``mode="reduce-overhead"``) are the fastest measured: 49.0 s per image on an H200 against 58.2 s
         for the default mode, with a private memory pool and new graphs recorded for every new shape. They
         fail with ``small_networks=True``: the alignment module's compiled output is overwritten by its
@@ -67,11 +56,6 @@ class SpeedAndMemoryOptions:
         ``examples/development/inductor_bf16_grad_repro.py``; CUDA's Triton backend does not take that path). Call
         this after moving the pipeline to the GPU, or compile a float32 pipeline on the CPU.
         """
-        if self._xformers_attention is None:
-            # No switch-on of xformers at the first CUDA call: it would change the compiled modules' attention
-            # afterwards, and inductor compiles SDPA (diffusers' default) while xformers' kernels are opaque to it.
-            # The attention processors themselves are left as they are.
-            self._xformers_attention = False
         self._use_vae_attention()  # before compiling: the processors are traced with the decoder
         compile_options.setdefault("dynamic", False)
         self.unet.compile(**compile_options)

@@ -18,6 +18,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+HOW_TO_GET_PERCEPTUAL_FEATURES = (
+    "load them with load_pipeline(..., perceptual=SOURCE) or ldrps-restore --perceptual SOURCE, where SOURCE is "
+    "'torchvision' (torchvision's ImageNet VGG16 weights, where torchvision is installed), a .safetensors file of a "
+    "VGG16 state dict in torchvision's key layout, or a folder or Hub repo saved with "
+    "PerceptualFeatures.save_pretrained; or pass perceptual=PerceptualFeatures.from_vgg16_state_dict(state_dict)"
+)
+"""How to get perceptual features: named by every warning and error about a missing source."""
+
+
 class PerceptualFeatures(ModelMixin, ConfigMixin):
     """VGG16 layers 0-8: conv-relu-conv-relu-maxpool-conv-relu-conv-relu (relu2_2 output).
 

@@ -7,7 +7,8 @@
 section of ALGORITHM.md that its step implements. What a denoising step does beyond the UNet and DDIM (the
 training of the alignment states and the posterior guidance: gate, loss terms, gradient, shift of sample 0)
 is :meth:`~guidance_ldrps.PosteriorGuidance.posterior_guidance`, read in order in ``guidance_ldrps.py``;
-the speed and memory options (xformers, ``enable_torch_compile``) come from ``options_ldrps.py``. "Guidance"
+the speed and memory options (``enable_torch_compile``, out-of-memory advice) come from ``options_ldrps.py``;
+xformers is diffusers' opt-in ``enable_xformers_memory_efficient_attention()``. "Guidance"
 alone means the posterior guidance; classifier-free guidance is "CFG" (its scale is diffusers'
 ``guidance_scale``).
 
@@ -35,13 +36,14 @@ from torch.profiler import record_function
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
-from .attention_ldrps import DecoderAttnProcessor, use_vae_attention, use_xformers_if_installed
-from .captioning_ldrps import caption_images
+from .attention_ldrps import DecoderAttnProcessor, use_vae_attention
+from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_on, check_instruction
 from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
 from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, NonFiniteFlags, PosteriorGuidance, PosteriorState
 from .inputs_ldrps import PipelineImageInput, per_image_inputs
+from .operators_ldrps import KnownOperatorAlignment, Operator, check_operator_output, resolve_operator
 from .options_ldrps import SpeedAndMemoryOptions
-from .perceptual_ldrps import PerceptualFeatures
+from .perceptual_ldrps import HOW_TO_GET_PERCEPTUAL_FEATURES, PerceptualFeatures
 from .scheduling_ldrps import (
     PRESETS,
     GuidanceWeights,
@@ -92,11 +94,19 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         unet: the noise (or v) prediction network with cross-attention.
         scheduler: a DDIM scheduler (another diffusers scheduler is converted to DDIM with its config).
         aligner: the alignment module template (architecture and optimiser settings; the weights are
-            re-initialised for every image).
-        posterior_scheduler: the recurrent posterior schedule, gates, weights and presets.
+            re-initialised for every image); ``None``: the paper's residual module, ``AlignmentModule()``.
+        posterior_scheduler: the recurrent posterior schedule, gates, weights and presets; ``None``: the
+            paper's settings, ``RecurrentPosteriorScheduler()``. With both defaults, a plain Stable Diffusion
+            repository loads as LD-RPS: ``DiffusionPipeline.from_pretrained(sd_repo, custom_pipeline=...,
+            trust_remote_code=True)``.
         captioner: optional transformers image-text-to-text model that writes the prompt.
         captioner_processor: its processor.
         perceptual: optional VGG16 ``features[:9]`` extractor for the perceptual terms.
+        caption_instruction: what the captioner is asked, in its family's convention
+            (``captioning_ldrps.caption_prompt``); ``None``: the paper's instruction (or the family's default
+            task for Florence-2, PaliGemma and BLIP). Saved in the pipeline's config.
+        caption_max_new_tokens: the most tokens a caption may have (40 by default; the instruction asks for
+            at most 20 words). Saved in the pipeline's config.
     """
 
     vae_attention_processor: type[AttnProcessor2_0] = DecoderAttnProcessor
@@ -104,7 +114,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
     have diffusers' default processors or :class:`DecoderAttnProcessor`: a hook for subclasses (the speed
     benchmark's reference rows give it diffusers' ``AttnProcessor2_0``)."""
     model_cpu_offload_seq = "captioner->text_encoder->unet"
-    _optional_components = ["captioner", "captioner_processor", "perceptual"]
+    _optional_components = ["aligner", "posterior_scheduler", "captioner", "captioner_processor", "perceptual"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -114,16 +124,24 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
-        aligner: AlignmentModule,
-        posterior_scheduler: RecurrentPosteriorScheduler,
+        aligner: AlignmentModule | None = None,
+        posterior_scheduler: RecurrentPosteriorScheduler | None = None,
         captioner: Any = None,
         captioner_processor: Any = None,
         perceptual: PerceptualFeatures | None = None,
+        caption_instruction: str | None = None,
+        caption_max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
     ) -> None:
         super().__init__()
+        if not is_integer_at_least(caption_max_new_tokens, 1):
+            raise ValueError(f"caption_max_new_tokens must be a positive integer, got {caption_max_new_tokens!r}")
+        check_instruction(caption_instruction)
         if not isinstance(scheduler, DDIMScheduler):
             logger.info(f"LD-RPS samples with DDIM: converting {type(scheduler).__name__} to DDIMScheduler.")
             scheduler = as_ddim_scheduler(scheduler)
+        # A Stable Diffusion repository has neither LD-RPS component: both then take the paper's settings.
+        aligner = AlignmentModule() if aligner is None else aligner
+        posterior_scheduler = RecurrentPosteriorScheduler() if posterior_scheduler is None else posterior_scheduler
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -136,12 +154,12 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             captioner_processor=captioner_processor,
             perceptual=perceptual,
         )
+        self.register_to_config(caption_instruction=caption_instruction, caption_max_new_tokens=caption_max_new_tokens)
         # The prior is never trained: frozen parameters keep every gradient off the models.
         for model in (vae, text_encoder, unet, captioner, perceptual):
             if isinstance(model, torch.nn.Module):
                 model.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
-        self._xformers_attention: bool | None = None
         self._warned: set[str] = set()
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_resize=False, do_normalize=False
@@ -200,6 +218,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         strength: float | None,
         guidance_scale: float,
         preset: str | None,
+        operator: str | Operator | None,
         unet_batch_size: int | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
@@ -215,6 +234,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        resolve_operator(operator)  # an unknown name or an object that is not callable
         if unet_batch_size is not None and not is_integer_at_least(unet_batch_size, 1):
             raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
@@ -230,16 +250,20 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
                 f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
             )
 
-    def _posterior_scheduler(self, preset: str | None) -> RecurrentPosteriorScheduler:
-        """The call's posterior scheduler: the component, with ``preset`` applied when one is given. Warns once
-        when it weights a perceptual term and the pipeline has no ``perceptual`` component."""
+    def _posterior_scheduler(self, preset: str | None, operator: Operator | None) -> RecurrentPosteriorScheduler:
+        """The call's posterior scheduler: the component, with ``preset`` applied when one is given, and with a known
+        ``operator`` no adversarial term (its ``D_g`` learns from ``f``'s residuals). Warns once when it weights a
+        perceptual term and the pipeline has no ``perceptual`` component."""
         posterior = self.posterior_scheduler if preset is None else self.posterior_scheduler.with_preset(preset)
-        perceptual_weighted = posterior.config.perceptual_weight > 0 or posterior.config.aligner_loss_weights[1] > 0
+        if operator is not None:
+            posterior = type(posterior).from_config(posterior.config, adversarial_weight=0.0)
+        config = posterior.config
+        perceptual_weighted = config.perceptual_weight > 0 or (operator is None and config.aligner_loss_weights[1] > 0)
         if self.perceptual is None and perceptual_weighted:
             self._warn_once(
                 "no perceptual",
                 "No `perceptual` component: the perceptual terms of the guidance and of the alignment module's "
-                "training are left out (load VGG16 features with PerceptualFeatures.from_vgg16_state_dict).",
+                f"training are left out: {HOW_TO_GET_PERCEPTUAL_FEATURES}.",
             )
         return posterior
 
@@ -271,21 +295,22 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         return [""] * degraded.shape[0]
 
     def caption(self, images: torch.Tensor) -> list[str]:
-        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows.
+        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows, with the
+        config's ``caption_instruction`` and ``caption_max_new_tokens``.
 
-        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for
-        the captions and back to the CPU right after, so that it holds no accelerator memory while sampling.
+        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for the
+        batch's captions and back to the CPU right after, so that it holds no accelerator memory while sampling
+        (``captioning_ldrps.captioner_on``; inside an outer ``captioner_on`` block it stays where it is).
         """
         pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
-        device = self._execution_device
-        offload = device.type != "cpu" and not hasattr(self.captioner, "_hf_hook")
-        if offload:
-            self.captioner.to(device)
-        try:
-            return caption_images(self.captioner, self.captioner_processor, pil_images)
-        finally:
-            if offload:
-                self.captioner.to("cpu")
+        with captioner_on(self.captioner, self._execution_device):
+            return caption_images(
+                self.captioner,
+                self.captioner_processor,
+                pil_images,
+                instruction=self.config.caption_instruction,
+                max_new_tokens=self.config.caption_max_new_tokens,
+            )
 
     def encode_prompt(
         self, prompts: list[str], negative_prompts: list[str], device: torch.device
@@ -356,13 +381,20 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         return uncond + guidance_scale * (cond - uncond)
 
     def new_alignment_state(
-        self, generator: torch.Generator | None, posterior: RecurrentPosteriorScheduler, device: torch.device
-    ) -> AlignmentTrainer:
+        self,
+        generator: torch.Generator | None,
+        posterior: RecurrentPosteriorScheduler,
+        device: torch.device,
+        operator: Operator | None = None,
+    ) -> AlignmentTrainer | KnownOperatorAlignment:
         """Fresh per-image state: ``f`` re-initialised from a seed drawn from the image's generator, its
-        optimiser, ``D_f`` and (only when the adversarial guidance term is on) ``D_g``."""
+        optimiser, ``D_f`` and (only when the adversarial guidance term is on) ``D_g``; with a known ``operator``,
+        that operator in place of ``f`` and nothing to train (the seed is drawn all the same)."""
         seed = int(
             torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator else "cpu")
         )
+        if operator is not None:
+            return KnownOperatorAlignment(operator)
         config = posterior.config
         return AlignmentTrainer(
             self.aligner,
@@ -380,8 +412,9 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
     def _posterior_state(
         self,
         degraded: torch.Tensor,
-        trainers: list[AlignmentTrainer],
+        trainers: list[AlignmentTrainer | KnownOperatorAlignment],
         posterior: RecurrentPosteriorScheduler,
+        learns_alignment: bool,
         non_finite: NonFiniteFlags,
     ) -> PosteriorState:
         """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once), recording
@@ -395,6 +428,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             exposure_patch_size=posterior.config.exposure_patch_size,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
+            learns_alignment=learns_alignment,
             non_finite=non_finite,
         )
 
@@ -413,6 +447,7 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         strength: float | None = None,
         guidance_scale: float = 8.0,
         preset: str | None = None,
+        operator: str | Operator | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         unet_batch_size: int | None = None,
         output_type: str = "pil",
@@ -436,6 +471,10 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             preset: ``"lowlight"``, ``"dehaze"``, ``"denoise"`` (the reference's per-task settings),
                 ``"default"``, or ``"fast"`` (one sample, 50 + 25 steps); ``None`` uses the
                 ``posterior_scheduler`` component as configured.
+            operator: known-operator mode (beyond the paper): a known differentiable degradation ``A`` in place of the
+                learned ``f``, by name (``operators_ldrps.OPERATORS``: ``"identity"``, ``"downsample_x4"``, ``"blur"``,
+                ``"grayscale"``, ``"lowlight"``) or any callable (B, 3, H, W) -> (B, 3, H, W). The loss then uses
+                ``A(x)``, nothing is trained, and the adversarial term is off (it needs ``f``'s ``D_g``).
             generator: a generator, or one per image for per-image reproducibility (a batch then
                 gives exactly the images of separate runs).
             unet_batch_size: rows per UNet call (``None``: all samples and both CFG branches in one call).
@@ -457,25 +496,29 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        # 0. Inputs, before any model runs: the arguments checked, the preset resolved, the images read with one
-        #    prompt and one generator each, the passes planned (Recurrence) with the guidance of each step (Guidance 2).
+        # 0. Inputs, before any model runs: the arguments checked, the preset and a known operator resolved, the images
+        #    read with one prompt and one generator each (the operator's output shape checked on them), the passes
+        #    planned (Recurrence) with the guidance of each step (Guidance 2).
         self.check_inputs(
             num_inference_steps,
             recurrences,
             strength,
             guidance_scale,
             preset,
+            operator,
             unet_batch_size,
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        posterior = self._posterior_scheduler(preset)
+        operator = resolve_operator(operator)
+        posterior = self._posterior_scheduler(preset, operator)
         degraded, prompts, negative_prompts, generators = per_image_inputs(image, prompt, negative_prompt, generator)
         batch_size, _, height, width = degraded.shape
         device = self._execution_device
-        use_xformers_if_installed(self, device)
         self._use_vae_attention()
         degraded = degraded.to(device)
+        if operator is not None:
+            check_operator_output(operator, degraded)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
@@ -490,11 +533,13 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
             prompt_embeds, negative_prompt_embeds, num_samples, self.do_classifier_free_guidance
         )
 
-        # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, seeded from each image's
-        #    generator (with the guidance off too, so that a seed gives the same noise), and P(y).
-        trainers = [self.new_alignment_state(g, posterior, device) for g in generators]
+        # 3. Fresh per-image state (Alignment module): f, D_f, D_g and their optimisers, or a known operator A in
+        #    place of f (nothing to train), seeded from each image's generator (with the guidance off or an
+        #    operator too, so that a seed gives the same noise), and P(y).
+        trainers = [self.new_alignment_state(g, posterior, device, operator) for g in generators]
         non_finite = NonFiniteFlags(batch_size, device)  # read once per pass: no device sync per step
-        state = self._posterior_state(degraded, trainers, posterior, non_finite) if posterior.guides else None
+        learns = operator is None
+        state = self._posterior_state(degraded, trainers, posterior, learns, non_finite) if posterior.guides else None
 
         # 4. Independent noise for every sample (Samples).
         latent_shape = (num_samples, self.unet.config.in_channels, *self.latent_grid(height, width))

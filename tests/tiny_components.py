@@ -2,7 +2,7 @@
 restoration with them; and a recorder of the UNet batch sizes a pipeline runs."""
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldrps_pipeline import AlignmentModule, LDRPSPipeline, PerceptualFeatures, RecurrentPosteriorScheduler
@@ -12,9 +12,43 @@ from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 TEXT_HIDDEN = 16
 
 
-def tiny_components(seed: int = 0, perceptual: bool = True) -> dict:
+STABLE_DIFFUSION_FAMILIES = {
+    # SD 1.x: attention_head_dim is the number of heads, conv projections in the transformers, PNDM shipped.
+    "sd1": {"unet": {"attention_head_dim": 4}, "scheduler": (PNDMScheduler, {"skip_prk_steps": True})},
+    # SD 2.x-base: head widths per block, linear projections, epsilon prediction, PNDM shipped.
+    "sd2-base": {
+        "unet": {"attention_head_dim": (2, 4), "use_linear_projection": True},
+        "scheduler": (PNDMScheduler, {"skip_prk_steps": True}),
+    },
+    # SD 2.x 768: as 2.x-base, with upcast attention and v-prediction, DDIM shipped.
+    "sd2-768": {
+        "unet": {"attention_head_dim": (2, 4), "use_linear_projection": True, "upcast_attention": True},
+        "scheduler": (DDIMScheduler, {"prediction_type": "v_prediction"}),
+    },
+}
+"""The UNet and scheduler settings that tell the Stable Diffusion families apart, at tiny sizes."""
+
+
+def tiny_stable_diffusion(family: str, seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny text-to-image Stable Diffusion pipeline of ``family`` (a key of :data:`STABLE_DIFFUSION_FAMILIES`),
+    without safety checker: what a user's SD repository holds, at test size."""
+    settings = STABLE_DIFFUSION_FAMILIES[family]
+    components = tiny_components(seed, unet_overrides=settings["unet"])
+    scheduler_class, scheduler_overrides = settings["scheduler"]
+    scheduler = scheduler_class.from_config({**STABLE_DIFFUSION_DDIM_CONFIG, **scheduler_overrides})
+    return StableDiffusionPipeline(
+        **{name: components[name] for name in ("vae", "text_encoder", "tokenizer", "unet")},
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def tiny_components(seed: int = 0, perceptual: bool = True, unet_overrides: dict | None = None) -> dict:
     """The components of a tiny LDRPSPipeline: VAE factor 2, UNet with one downsampling, 16-wide text encoder."""
     torch.manual_seed(seed)
+    unet_config = {"attention_head_dim": 4, **(unet_overrides or {})}
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
@@ -24,8 +58,8 @@ def tiny_components(seed: int = 0, perceptual: bool = True) -> dict:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=4,
         norm_num_groups=4,
+        **unet_config,
     )
     vae = AutoencoderKL(
         block_out_channels=[8, 16],

@@ -15,7 +15,9 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from ldrps_pipeline.hub.loading import resolve_device, resolve_model
+from ldrps_pipeline.hub.captioners import RECOMMENDED_CAPTIONER
+from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, DTYPE_CHOICES, resolve_device, resolve_dtype, resolve_model
+from ldrps_pipeline.hub.model_card import PAPER_BASE_MODEL
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """The seeds ``torch.Generator.manual_seed`` accepts."""
@@ -54,6 +56,66 @@ def float_in(minimum: float, maximum: float | None = None, *, above_minimum: boo
     """An argparse ``type``: a finite number from ``minimum`` (excluded if ``above_minimum``) to ``maximum``
     (no upper bound for ``None``)."""
     return number_in(float, minimum, maximum, above_minimum=above_minimum)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which model loads and with what (:func:`model_loading_options` reads them): the model,
+    its variant, revision and dtype, pickle weights, the captioner and its instruction, the perceptual features."""
+    group = parser.add_argument_group("the model")
+    group.add_argument(
+        "--model",
+        default="demo",
+        help=f"'demo', a local folder or a Hub id: an LD-RPS pipeline, or a Stable Diffusion one such as "
+        f"{PAPER_BASE_MODEL} (default: demo)",
+    )
+    group.add_argument("--variant", default=None, help="the model's weight variant, such as fp16 (default: none)")
+    group.add_argument(
+        "--revision", default=None, help="the model's Hub branch, tag or commit (a Hub token comes from HF_TOKEN)"
+    )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights' dtype (default auto: bfloat16 on a CUDA card with native bfloat16, else float32; float16 for "
+        "older cards such as T4 or V100)",
+    )
+    group.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    group.add_argument(
+        "--captioner",
+        default=None,
+        help=f"a captioner's Hub id or folder that writes each image's prompt (recommended: {RECOMMENDED_CAPTIONER}; "
+        "see the README's captioner table), or none (default: the model's own, if it has one)",
+    )
+    group.add_argument(
+        "--caption-instruction",
+        default=None,
+        help="what the captioner is asked (default: the paper's instruction; Florence-2 takes a task token such as "
+        "<DETAILED_CAPTION>, PaliGemma a prefix such as 'caption en')",
+    )
+    group.add_argument(
+        "--caption-max-tokens", type=int_in(1), default=None, help="the most tokens a caption may have (default 40)"
+    )
+    group.add_argument(
+        "--perceptual",
+        default="auto",
+        help="the VGG16 perceptual features: torchvision, a .safetensors VGG16 state dict, a folder or Hub repo, or "
+        "none (default auto: the model's own, else torchvision's where it is installed)",
+    )
+
+
+def model_loading_options(args: argparse.Namespace, device: torch.device) -> dict:
+    """The keyword arguments of :func:`~ldrps_pipeline.hub.loading.load_pipeline` that the options of
+    :func:`add_model_arguments` give, for a pipeline on ``device``."""
+    return {
+        "dtype": resolve_dtype(args.dtype, device),
+        "allow_pickle": args.allow_pickle,
+        "variant": args.variant,
+        "revision": args.revision,
+        "captioner": args.captioner,
+        "perceptual": args.perceptual,
+        "caption_instruction": args.caption_instruction,
+        "caption_max_new_tokens": args.caption_max_tokens,
+    }
 
 
 def nearest_existing_folder(path: Path) -> Path:

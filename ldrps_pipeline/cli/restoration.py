@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldrps_pipeline.captioning_ldrps import caption_prompt
 from ldrps_pipeline.cli.image_files import ImageFile
 from ldrps_pipeline.guidance_ldrps import NonFiniteSampleError
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
@@ -28,9 +29,11 @@ SAFER_POSTERIOR_SCALE_FACTOR = 0.5
 
 @dataclass(frozen=True)
 class RestorationOptions:
-    """The command's restoration options (``None``: the preset's or the posterior scheduler's value)."""
+    """The command's restoration options (``None``: the preset's or the posterior scheduler's value; for
+    ``operator``, the name of a built-in known operator, the learned alignment network)."""
 
     preset: str | None = None
+    operator: str | None = None
     steps: int | None = None
     recurrences: int | None = None
     strength: float | None = None
@@ -74,6 +77,7 @@ def effective_settings(
     """Every setting a restoration with ``options`` and ``posterior`` runs with, defaults resolved."""
     config = posterior.config
     return {
+        "operator": options.operator,
         "steps": options.steps if options.steps is not None else config.num_inference_steps,
         "recurrences": options.recurrences if options.recurrences is not None else config.recurrences,
         "strength": options.strength if options.strength is not None else config.strength,
@@ -81,6 +85,9 @@ def effective_settings(
         "posterior_scale": config.posterior_scale,
         "num_samples": config.num_samples,
         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "captioner": getattr(pipe.captioner, "name_or_path", type(pipe.captioner).__name__) if pipe.captioner else None,
+        "caption_instruction": pipe.config.caption_instruction,
+        "perceptual": pipe.perceptual is not None,
         "low_memory": options.low_memory,
     }
 
@@ -91,6 +98,13 @@ def check_pass_plan(pipe: LDRPSPipeline, options: RestorationOptions) -> None:
     steps = options.steps if options.steps is not None else posterior.config.num_inference_steps
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     posterior.set_timesteps(steps, scheduler, options.recurrences, options.strength)
+
+
+def check_caption_settings(pipe: LDRPSPipeline) -> None:
+    """Raise ``ValueError`` (naming the captioner's family) when its instruction is one the captioner cannot follow,
+    before any image."""
+    if pipe.captioner is not None:
+        caption_prompt(pipe.captioner, pipe.captioner_processor, pipe.config.caption_instruction)
 
 
 def restore_image(
@@ -144,6 +158,7 @@ def _restore(
             strength=options.strength,
             guidance_scale=options.guidance_scale,
             preset=preset,
+            operator=options.operator,
             generator=torch.Generator().manual_seed(options.seed),
             unet_batch_size=1 if options.low_memory else None,
             output_type="np",

@@ -18,7 +18,16 @@ import PIL.Image
 import torch
 from accelerate import PartialState
 
-from ldrps_pipeline.cli.arguments import SEED_RANGE, checked_model_and_device, float_in, int_in, silenced_libraries
+from ldrps_pipeline.captioning_ldrps import captioner_on
+from ldrps_pipeline.cli.arguments import (
+    SEED_RANGE,
+    add_model_arguments,
+    checked_model_and_device,
+    float_in,
+    int_in,
+    model_loading_options,
+    silenced_libraries,
+)
 from ldrps_pipeline.cli.folder_run import OutputOptions, RunContext, StopRequest, record_skipped, run_jobs, summary
 from ldrps_pipeline.cli.image_writing import OUTPUT_EXTENSIONS
 from ldrps_pipeline.cli.inputs import Job, check_writable_folder, find_inputs, plan_jobs
@@ -38,8 +47,9 @@ from ldrps_pipeline.cli.processes import (
     process_state,
     run_id,
 )
-from ldrps_pipeline.cli.restoration import RestorationOptions, check_pass_plan
-from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, DTYPE_CHOICES, load_pipeline, resolve_dtype
+from ldrps_pipeline.cli.restoration import RestorationOptions, check_caption_settings, check_pass_plan
+from ldrps_pipeline.hub.loading import load_pipeline
+from ldrps_pipeline.operators_ldrps import OPERATORS
 from ldrps_pipeline.scheduling_ldrps import PRESETS
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldrps-restore", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or quoted globs ('photos/**/*.jpg')")
     parser.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the restored images")
+    add_model_arguments(parser)
     parser.add_argument("--recursive", action="store_true", help="also restore the images in sub-folders")
     parser.add_argument("--ext", choices=OUTPUT_EXTENSIONS, default="png", help="output format (default png)")
     parser.add_argument(
@@ -64,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"the JSON Lines record (default: OUTPUT_DIR/{DEFAULT_MANIFEST_NAME})",
     )
-    parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default=None, help="per-task settings, or fast (one sample, 50 + 25 steps)"
+    )
+    parser.add_argument(
+        "--operator",
+        choices=sorted(OPERATORS),
+        default=None,
+        help="known-operator mode: this known degradation in place of the learned alignment network (identity for "
+        "noise; the parameters of ldrps-benchmark's degradations)",
     )
     parser.add_argument(
         "--steps", type=int_in(1), default=None, help="DDIM steps of pass 0 (default: preset's; 450, fast 50)"
@@ -96,12 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="auto",
-        help="weights' dtype (default auto: bfloat16 on a CUDA card that supports it, else float32)",
-    )
-    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the models that every step runs (for a GPU and many images: the first image of each "
@@ -113,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="less device memory, more time: the VAE decoder in tiles and with gradient checkpointing, one UNet row "
         "per call (for large images on a small card)",
     )
-    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument(
         "--num-processes",
         type=int_in(1),
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num-processes {args.num_processes} inside a launch of {launched} processes")
     if launched > 1 and args.device not in (None, "cpu", "cuda"):
         parser.error(f"--device {args.device}: with several processes each uses its own device; give cpu or cuda")
+    if args.prompt is not None and args.captioner not in (None, "none"):
+        parser.error("--captioner is not used with --prompt (the prompt is given); give one of them")
     device = checked_model_and_device(parser, args.model, args.device)
     if args.num_processes > 1 and device.type == "cuda" and args.num_processes > torch.cuda.device_count():
         parser.error(
@@ -188,6 +200,7 @@ def restore_jobs(
     context = RunContext(run, state.process_index, str(device), args.preset)
     options = RestorationOptions(
         preset=args.preset,
+        operator=args.operator,
         steps=args.steps,
         recurrences=args.recurrences,
         strength=args.strength,
@@ -200,9 +213,12 @@ def restore_jobs(
     show_progress = not args.quiet and state.is_local_main_process
     with silenced_libraries() if args.quiet else contextlib.nullcontext():
         try:
-            dtype = resolve_dtype(args.dtype, device)
-            pipe = load_pipeline(args.model, dtype=dtype, allow_pickle=args.allow_pickle).to(device)
+            loading = model_loading_options(args, device)
+            if args.prompt is not None:
+                loading["captioner"] = "none"  # the prompt is given: no caption is asked for
+            pipe = load_pipeline(args.model, **loading).to(device)
             check_pass_plan(pipe, options)
+            check_caption_settings(pipe)
         except (OSError, ValueError) as error:
             print(f"ldrps-restore: error: {error}", file=sys.stderr)
             return 2
@@ -214,7 +230,10 @@ def restore_jobs(
             pipe.enable_torch_compile()
         if state.is_main_process:
             record_skipped(existing, context, writer)
-        with state.split_between_processes(pending) as share, StopRequest() as stop:
+        # The captioner crosses to the device once for the run (once per image with --low-memory).
+        captioner_stays = pipe.captioner is not None and not args.low_memory
+        captioner_block = captioner_on(pipe.captioner, device) if captioner_stays else contextlib.nullcontext()
+        with state.split_between_processes(pending) as share, StopRequest() as stop, captioner_block:
             counts = run_jobs(
                 pipe,
                 share,

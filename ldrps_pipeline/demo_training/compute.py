@@ -16,7 +16,7 @@ __all__ = ["Compute"]
 def _has_native_bf16(device: torch.device) -> bool:
     """CUDA devices that support bf16, or CPUs with AVX512-BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

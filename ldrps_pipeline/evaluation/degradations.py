@@ -10,7 +10,10 @@ calling it on an image returns the degraded image. Conventions shared by all of 
   torch's global random state. The same seed always gives the same output;
 - noise levels are standard deviations in 0-255 units (``sigma=30`` means ``30 / 255``).
 
-The named degradations of the benchmark are available through :func:`get_degradation`.
+The named degradations of the benchmark are available through :func:`get_degradation`. A degradation's
+:attr:`~Degradation.operator` is its deterministic part, the pipeline's known operator
+(``ldrps_pipeline.operators_ldrps``) that it applies before its noise: the degradations compute that part with
+it, so the two always agree.
 """
 
 import math
@@ -24,8 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BT601_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-"""ITU-R BT.601 luma weights of R, G and B (full range)."""
+from ldrps_pipeline.operators_ldrps import (
+    BicubicDownsampleOperator,
+    ComposedOperator,
+    GaussianBlurOperator,
+    GrayscaleOperator,
+    IdentityOperator,
+    LowLightOperator,
+    Operator,
+    bicubic_resize,
+)
 
 Seed = torch.Generator | int | None
 """A source of randomness: a generator, an integer seed (fresh CPU generator), or ``None``."""
@@ -56,15 +67,6 @@ def as_image_batch(image: Tensor) -> tuple[Tensor, bool]:
     if batch.numel() and (batch.min() < 0 or batch.max() > 1):
         raise ValueError("expected values in [0, 1]; convert 0-255 images with image / 255")
     return batch, unbatched
-
-
-def bicubic_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize a ``(B, C, H, W)`` image bicubically to ``size = (height, width)``, clamped to ``[0, 1]``.
-
-    Shrinking is antialiased (like MATLAB's ``imresize``), enlarging is plain bicubic
-    interpolation; both use half-pixel centres (``align_corners=False``).
-    """
-    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
 
 
 def _generator(seed: Seed) -> torch.Generator | None:
@@ -113,6 +115,13 @@ class Degradation(ABC):
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
         """Degrade a checked ``(B, 3, H, W)`` batch; the result is clamped by the caller."""
 
+    @property
+    def operator(self) -> Operator | None:
+        """The known operator of this degradation: what it does to an image without its noise, an image of the
+        same size (``pipe(image, operator=...)``); ``None`` where no operator models it (a random transmission
+        map or rain streaks, an output of another size)."""
+        return None
+
 
 @dataclass(frozen=True)
 class GaussianNoise(Degradation):
@@ -129,6 +138,10 @@ class GaussianNoise(Degradation):
 
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
         return image + self.sigma / 255 * _random("normal", image.shape, generator, image)
+
+    @property
+    def operator(self) -> IdentityOperator:
+        return IdentityOperator()
 
 
 @dataclass(frozen=True)
@@ -157,8 +170,12 @@ class LowLight(Degradation):
         if self.exposure > 1:
             raise ValueError(f"exposure must be <= 1, got {self.exposure}")
 
+    @property
+    def operator(self) -> LowLightOperator:
+        return LowLightOperator(exposure=self.exposure, gamma=self.gamma)
+
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
-        signal = self.exposure * image**self.gamma
+        signal = self.operator(image)
         shot = self.shot_noise / 255 * signal.sqrt() * _random("normal", image.shape, generator, image)
         read = self.read_noise / 255 * _random("normal", image.shape, generator, image)
         return signal + shot + read
@@ -218,10 +235,12 @@ class Haze(Degradation):
 class Grayscale(Degradation):
     """BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` replicated to three channels (colourisation)."""
 
+    @property
+    def operator(self) -> GrayscaleOperator:
+        return GrayscaleOperator()
+
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
-        weights = torch.tensor(BT601_LUMA_WEIGHTS, dtype=image.dtype, device=image.device)
-        luma = torch.einsum("bchw,c->bhw", image, weights).unsqueeze(1)
-        return luma.expand(-1, 3, -1, -1).contiguous()
+        return self.operator(image)
 
 
 @dataclass(frozen=True)
@@ -238,36 +257,24 @@ class GaussianBlur(Degradation):
     kernel_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check_positive(sigma=self.sigma)
-        if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
-            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
+        GaussianBlurOperator(sigma=self.sigma, kernel_size=self.kernel_size)  # checks the parameters
+
+    @property
+    def operator(self) -> GaussianBlurOperator:
+        return GaussianBlurOperator(sigma=self.sigma, kernel_size=self.kernel_size)
 
     @property
     def size(self) -> int:
         """The side of the kernel actually used."""
-        return self.kernel_size if self.kernel_size is not None else 2 * math.ceil(3 * self.sigma) + 1
-
-    def _kernel_1d(self) -> Tensor:
-        offsets = torch.arange(self.size, dtype=torch.float64) - self.size // 2
-        weights = torch.exp(-(offsets**2) / (2 * self.sigma**2))
-        return weights / weights.sum()
+        return self.operator.size
 
     @property
     def kernel(self) -> Tensor:
         """The exact point-spread function: a ``(size, size)`` float64 tensor that sums to 1."""
-        weights = self._kernel_1d()
-        return torch.outer(weights, weights)
+        return self.operator.kernel
 
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
-        radius = self.size // 2
-        if min(image.shape[-2:]) <= radius:
-            raise ValueError(
-                f"image of size {tuple(image.shape[-2:])} is too small for a {self.size}-pixel blur kernel"
-            )
-        weights = self._kernel_1d().to(image)
-        padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
-        rows = F.conv2d(padded, weights.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-        return F.conv2d(rows, weights.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+        return self.operator(image)
 
 
 @dataclass(frozen=True)
@@ -291,12 +298,18 @@ class BicubicDownsample(Degradation):
         if self.factor < 1:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
 
+    @property
+    def operator(self) -> BicubicDownsampleOperator | None:
+        """With ``upsample_back``, the operator of the same interpolations; without it, ``None`` (the image shrinks)."""
+        return BicubicDownsampleOperator(factor=self.factor) if self.upsample_back else None
+
     def apply(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
         height, width = image.shape[-2:]
         if height % self.factor or width % self.factor:
             raise ValueError(f"image size {(height, width)} is not divisible by {self.factor}; crop it first")
-        low = bicubic_resize(image, (height // self.factor, width // self.factor))
-        return bicubic_resize(low, (height, width)) if self.upsample_back else low
+        if self.upsample_back:
+            return self.operator(image)
+        return bicubic_resize(image, (height // self.factor, width // self.factor))
 
 
 @dataclass(frozen=True)
@@ -391,6 +404,12 @@ class Compose(Degradation):
         for degradation in self.degradations:
             image = degradation(image, generator)
         return image
+
+    @property
+    def operator(self) -> ComposedOperator | None:
+        """The operators of the degradations in order, or ``None`` if one of them has none."""
+        operators = [degradation.operator for degradation in self.degradations]
+        return None if any(operator is None for operator in operators) else ComposedOperator(operators)
 
 
 BENCHMARK_DEGRADATIONS: Mapping[str, Degradation] = MappingProxyType(

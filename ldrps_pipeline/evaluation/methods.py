@@ -1,7 +1,7 @@
 """The restoration methods a quality benchmark compares, and the scoring of one method on one degraded image.
 
 A :class:`Method` restores a degraded ``(1, 3, H, W)`` image; :func:`ldrps_method` makes one from an LD-RPS
-pipeline and a posterior scheduler; :data:`DEGRADED_INPUT` scores the degraded image itself. :func:`evaluate_method`
+pipeline and a posterior scheduler (and optionally a known operator, an oracle); :data:`DEGRADED_INPUT` scores the degraded image itself. :func:`evaluate_method`
 runs a method (once per seed if it is stochastic) and scores it against the clean image: PSNR (RGB), SSIM (Y), and
 LPIPS when a metric is given.
 """
@@ -17,6 +17,7 @@ from torch import Tensor
 from ldrps_pipeline.evaluation.lpips_metric import LPIPS
 from ldrps_pipeline.evaluation.metrics import psnr, ssim_y
 from ldrps_pipeline.evaluation.results import Score
+from ldrps_pipeline.operators_ldrps import Operator
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
@@ -56,12 +57,14 @@ def ldrps_method(
     posterior: RecurrentPosteriorScheduler,
     steps: int | None,
     recurrences: int | None,
+    operator: Operator | None = None,
 ) -> Method:
     """An LD-RPS :class:`Method` that runs ``pipe`` with the posterior scheduler ``posterior``.
 
     ``steps`` and ``recurrences`` of ``None`` take ``posterior``'s own values. The prompt is ``""`` unless ``pipe``
-    has a captioner, which then writes it (where ``posterior`` uses captions). ``pipe`` is left as it was after
-    every call.
+    has a captioner, which then writes it (where ``posterior`` uses captions). With a known ``operator`` in place
+    of the learned alignment network the method is an oracle (it is given the degradation). ``pipe`` is left as it
+    was after every call.
     """
 
     def restore(degraded: Tensor, seed: int | None) -> Tensor:
@@ -72,12 +75,13 @@ def ldrps_method(
                 prompt=None if captioned else "",
                 num_inference_steps=steps,
                 recurrences=recurrences,
+                operator=operator,
                 generator=torch.Generator().manual_seed(seed),
                 output_type="pt",
             )
         return output.images.cpu()
 
-    return Method(name, restore, stochastic=True)
+    return Method(name, restore, stochastic=True, oracle=operator is not None)
 
 
 def evaluate_method(

@@ -59,7 +59,6 @@ class PairsConfig:
         resize: score (and restore) both images of a pair at ``resize`` x ``resize``; ``None``: at their own size.
         label: the table's degradation column; ``None``: the degraded folder's name.
         device: torch device for the pipeline; ``None``: CUDA if available, else CPU.
-        allow_pickle: also load the model's weights from pickle files (``load_pipeline``'s ``allow_pickle``).
     """
 
     degraded_dir: str
@@ -72,7 +71,6 @@ class PairsConfig:
     resize: int | None = None
     label: str | None = None
     device: str | None = None
-    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -258,7 +256,7 @@ def run_pairs_benchmark(
         if pair_set.match.unmatched_message():
             warnings.warn(pair_set.match.unmatched_message(), stacklevel=2)
     if pipe is None:
-        pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle).to(resolve_device(config.device))
+        pipe = load_pipeline(config.model).to(resolve_device(config.device))
         pipe.set_progress_bar_config(disable=True)
     lpips = load_lpips(pipe.device)
     results = BenchmarkResults(config=config, environment=environment(pipe))

@@ -11,6 +11,9 @@ for these methods:
 - ``input``: the degraded image itself;
 - ``ldrps-default``: LD-RPS with the task-blind preset ``"default"``;
 - ``ldrps-<preset>``: LD-RPS with the task preset, where one applies (:data:`TASK_PRESETS`);
+- ``ldrps-known-operator``: an oracle, preset ``"default"`` with the degradation's known operator in place of
+  the learned alignment network (``Degradation.operator``: its deterministic part), where it has one (all but
+  haze and rain);
 - ``ldrps-guidance-off``: preset ``"default"`` with ``posterior_scale = 0``: the prior alone, which
   only sees the input through the captioner's prompt (without a captioner: an unconditional sample);
 - the classical baselines of :func:`~ldrps_pipeline.evaluation.baselines.get_baselines`; an oracle (a baseline
@@ -49,10 +52,12 @@ from tqdm.auto import tqdm  # a dependency of huggingface_hub, so always install
 
 from ldrps_pipeline.cli.arguments import (
     SEED_RANGE,
+    add_model_arguments,
     checked_json_path,
     checked_model_and_device,
     float_in,
     int_in,
+    model_loading_options,
     silenced_libraries,
 )
 from ldrps_pipeline.evaluation.baselines import get_baselines
@@ -61,7 +66,7 @@ from ldrps_pipeline.evaluation.methods import DEGRADED_INPUT, Method, evaluate_m
 from ldrps_pipeline.evaluation.paired_images import MIN_SIDE, PairsConfig, read_pairs, run_pairs_benchmark
 from ldrps_pipeline.evaluation.photos import HELDOUT_PHOTOS, heldout_crops
 from ldrps_pipeline.evaluation.results import BenchmarkResults, Record, environment, format_table, write_json
-from ldrps_pipeline.hub.loading import ALLOW_PICKLE_HELP, load_pipeline, resolve_device
+from ldrps_pipeline.hub.loading import load_pipeline, resolve_device
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
 from ldrps_pipeline.scheduling_ldrps import PRESETS, is_finite_number
 
@@ -87,7 +92,6 @@ class BenchmarkConfig:
         posterior_scale: replaces the posterior scale (finite, >= 0) of every guided LD-RPS run;
             ``None``: the presets'.
         device: torch device for the pipeline; ``None``: CUDA if available, else CPU.
-        allow_pickle: also load the model's weights from pickle files (``load_pipeline``'s ``allow_pickle``).
     """
 
     model: str = "demo"
@@ -100,7 +104,6 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0,)
     posterior_scale: float | None = None
     device: str | None = None
-    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         for name in self.degradations:
@@ -158,6 +161,12 @@ def methods_for(pipe: LDRPSPipeline, degradation: str, config: BenchmarkConfig) 
     for preset in presets:
         posterior = pipe.posterior_scheduler.with_preset(preset, **guided)
         methods.append(ldrps_method(pipe, f"ldrps-{preset}", posterior, config.steps, config.recurrences))
+    operator = get_degradation(degradation).operator
+    if operator is not None:
+        posterior = pipe.posterior_scheduler.with_preset("default", **guided)
+        methods.append(
+            ldrps_method(pipe, "ldrps-known-operator", posterior, config.steps, config.recurrences, operator)
+        )
     prior_only = pipe.posterior_scheduler.with_preset("default", posterior_scale=0.0)
     methods.append(ldrps_method(pipe, "ldrps-guidance-off", prior_only, config.steps, config.recurrences))
     for name, baseline in get_baselines(degradation):
@@ -194,7 +203,7 @@ def run_benchmark(
     """
     start = time.perf_counter()
     if pipe is None:
-        pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle).to(resolve_device(config.device))
+        pipe = load_pipeline(config.model).to(resolve_device(config.device))
         pipe.set_progress_bar_config(disable=True)
     crops = benchmark_crops(config) if crops is None else crops
     results = BenchmarkResults(config=config, environment=environment(pipe))
@@ -224,7 +233,7 @@ PAIRS_OPTIONS = ("preset", "resize", "label")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ldrps-benchmark``."""
     parser = argparse.ArgumentParser(prog="ldrps-benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id (default: demo)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--steps",
         type=int_in(1),
@@ -236,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int_in(*SEED_RANGE), nargs="+", default=[0], help="LD-RPS seeds (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument(
         "--json", type=Path, default=None, metavar="OUT.json", help="write every value to this new file"
     )
@@ -309,7 +317,6 @@ def _pairs_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         resize=args.resize,
         label=args.label,
         device=args.device,
-        allow_pickle=args.allow_pickle,
     )
 
 
@@ -322,13 +329,15 @@ def _crops_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if name in options:
             options[name] = tuple(options[name])
     return BenchmarkConfig(
-        model=args.model,
-        seeds=tuple(args.seeds),
-        recurrences=args.recurrences,
-        device=args.device,
-        allow_pickle=args.allow_pickle,
-        **options,
+        model=args.model, seeds=tuple(args.seeds), recurrences=args.recurrences, device=args.device, **options
     )
+
+
+def _loaded_pipeline(args: argparse.Namespace, device: torch.device) -> LDRPSPipeline:
+    """The command's model on ``device``, loaded with the options of ``add_model_arguments``."""
+    pipe = load_pipeline(args.model, **model_loading_options(args, device)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.json is not None:
         checked_json_path(parser, args.json)
-    checked_model_and_device(parser, args.model, args.device)
+    device = checked_model_and_device(parser, args.model, args.device)
     try:
         if args.pairs is not None:
             config = _pairs_config(parser, args)
@@ -348,11 +357,12 @@ def main(argv: list[str] | None = None) -> int:
             if pair_set.match.unmatched_message():
                 print(f"ldrps-benchmark: warning: {pair_set.match.unmatched_message()}", file=sys.stderr)
             with silenced_libraries() if args.quiet else nullcontext():
-                results = run_pairs_benchmark(config, pair_set=pair_set, progress=not args.quiet)
+                pipe = _loaded_pipeline(args, device)
+                results = run_pairs_benchmark(config, pipe, pair_set=pair_set, progress=not args.quiet)
         else:
             config = _crops_config(parser, args)
             with silenced_libraries() if args.quiet else nullcontext():
-                results = run_benchmark(config, progress=not args.quiet)
+                results = run_benchmark(config, _loaded_pipeline(args, device), progress=not args.quiet)
     except (ValueError, OSError) as error:
         print(f"ldrps-benchmark: error: {error}", file=sys.stderr)
         return 2

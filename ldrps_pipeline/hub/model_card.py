@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ldrps_pipeline.hub.captioners import RECOMMENDED_CAPTIONER
+
 TAGS = ["image-restoration", "zero-shot", "ld-rps", "diffusers", "low-light-enhancement", "dehazing", "denoising"]
 
 
@@ -97,23 +99,35 @@ from PIL import Image
 pipe = DiffusionPipeline.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 restored = pipe(Image.open("degraded.png"), generator=torch.Generator().manual_seed(0)).images[0]
 
-# b) Its code over any Stable Diffusion repository (the components it lacks get their defaults):
-pipe = DiffusionPipeline.from_pretrained(
-    "{{ paper_base_model }}", custom_pipeline="{{ repo_id }}", trust_remote_code=True
-)
+# b) Its code over any Stable Diffusion repository (the components it lacks get their defaults), with a captioner:
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-# c) With the package installed (`pip install ldrps-pipeline`):
-from ldrps_pipeline import LDRPSPipeline
+pipe = DiffusionPipeline.from_pretrained(
+    "{{ paper_base_model }}",
+    custom_pipeline="{{ repo_id }}",
+    trust_remote_code=True,
+    captioner=AutoModelForImageTextToText.from_pretrained("{{ recommended_captioner }}", dtype=torch.bfloat16),
+    captioner_processor=AutoProcessor.from_pretrained("{{ recommended_captioner }}"),
+    dtype=torch.bfloat16,
+).to("cuda")
+
+# c) With the package installed (`pip install ldrps-pipeline`): the paper's set-up in one call
 from ldrps_pipeline.hub.loading import load_pipeline
 
-pipe = LDRPSPipeline.from_pretrained("{{ repo_id }}")
-pipe = load_pipeline("{{ paper_base_model }}")  # an SD-family repo wrapped as LD-RPS
+pipe = load_pipeline(
+    "{{ paper_base_model }}",
+    captioner="{{ recommended_captioner }}",
+    perceptual="torchvision",  # VGG16 ImageNet features; or a .safetensors VGG16 state dict
+    dtype=torch.bfloat16,
+).to("cuda")
 ```
 
-On a GPU, load it in bfloat16 (`dtype=torch.bfloat16`, then `.to("cuda")`): the losses, the x0 clip and the
-alignment module's weights stay float32 inside. `pipe.enable_torch_compile()` compiles the UNet and the VAE
-decoder; the first steps pay for the compilation. The command line: `ldrps-restore degraded.png -o restored
---model {{ repo_id }}`.
+On a GPU, load it in bfloat16 (float16 on cards without native bfloat16, such as T4 or V100): the losses, the x0
+clip and the alignment module's weights stay float32 inside. `pipe.enable_torch_compile()` compiles the UNet and
+the VAE decoder; the first steps pay for the compilation. xformers is opt-in, as everywhere in diffusers:
+`pipe.enable_xformers_memory_efficient_attention()`. The command line: `ldrps-restore degraded.png -o restored
+--model {{ repo_id }}`, or for the paper's set-up `ldrps-restore degraded.png -o restored --model
+{{ paper_base_model }} --captioner {{ recommended_captioner }} --perceptual torchvision`.
 
 ## Presets
 
@@ -173,6 +187,7 @@ def model_card(
         title=title,
         repo_id=repo_id,
         paper_base_model=PAPER_BASE_MODEL,
+        recommended_captioner=RECOMMENDED_CAPTIONER,
         base_model_description=description,
         captioner=captioner or "none (the empty prompt, or a prompt you give)",
         perceptual=perceptual or "none (the presets' perceptual terms are left out)",

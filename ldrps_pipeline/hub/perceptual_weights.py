@@ -19,24 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
-
-HOW_TO_GET_ONE = (
-    "install torchvision (perceptual='torchvision', ImageNet VGG16 weights), or give a .safetensors file of a VGG16 "
-    "state dict, or a folder or Hub repo saved with PerceptualFeatures.save_pretrained"
-)
-"""What the user can do to get perceptual features: named by every error and warning about a missing source."""
+from ldrps_pipeline.hub.optional_dependencies import torchvision_available
+from ldrps_pipeline.perceptual_ldrps import HOW_TO_GET_PERCEPTUAL_FEATURES, PerceptualFeatures
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def torchvision_available() -> bool:
-    """Whether torchvision can be imported here (``"auto"`` then takes its VGG16 weights)."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def vgg16_from_torchvision() -> PerceptualFeatures:
@@ -45,7 +31,7 @@ def vgg16_from_torchvision() -> PerceptualFeatures:
         from torchvision.models import VGG16_Weights, vgg16
     except ImportError as error:
         raise ValueError(
-            f"perceptual='torchvision' needs torchvision, which is not installed: {HOW_TO_GET_ONE}"
+            f"perceptual='torchvision' needs torchvision, which is not installed: {HOW_TO_GET_PERCEPTUAL_FEATURES}"
         ) from error
     return PerceptualFeatures.from_vgg16_state_dict(vgg16(weights=VGG16_Weights.IMAGENET1K_V1).state_dict())
 
@@ -77,9 +63,11 @@ def load_perceptual_features(source: str, *, dtype: torch.dtype = torch.float32)
                     "(safetensors.torch.save_file(torch.load(path), 'vgg16.safetensors')) where you trust it"
                 )
             if path.suffix != ".safetensors":
-                raise ValueError(f"{path} is not a .safetensors file; {HOW_TO_GET_ONE}")
+                raise ValueError(f"{path} is not a .safetensors file; {HOW_TO_GET_PERCEPTUAL_FEATURES}")
             features = PerceptualFeatures.from_vgg16_state_dict(load_file(path))
         else:
             subfolder = "perceptual" if (path / "perceptual" / "config.json").is_file() else None
             features = PerceptualFeatures.from_pretrained(source, subfolder=subfolder, use_safetensors=True)
-    return features.to(dtype).eval()
+    if features.dtype != dtype:
+        features = features.to(dtype)
+    return features.eval().requires_grad_(False)

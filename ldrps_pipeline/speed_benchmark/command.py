@@ -126,10 +126,7 @@ def start_benchmark(
         f"| transformers {env['transformers']} | commit {env['commit'] or 'unknown'}"
     )
     pipe = build_pipeline(spec, device, args.seed)
-    xformers = device.type == "cuda" and is_xformers_available()
-    if xformers:
-        # Every row but paper+xformers keeps diffusers' default attention, SDPA.
-        pipe.disable_xformers_memory_efficient_attention()
+    xformers = device.type == "cuda" and is_xformers_available()  # opt-in: only paper+xformers switches it on
     image_size = args.image_size or spec.image_size
     bench = Benchmark(
         args=args,

@@ -224,9 +224,6 @@ def variant(pipe: LDRPSPipeline, cls: type[LDRPSPipeline] = LDRPSPipeline, **rep
     some replaced."""
     other = cls(**{**pipe.components, **replacements})
     other.set_progress_bar_config(disable=True)
-    if pipe.xformers_attention is not None:
-        # The same attention as pipe: otherwise the first CUDA call would switch xformers on when installed.
-        other.set_use_memory_efficient_attention_xformers(pipe.xformers_attention)
     return other
 
 

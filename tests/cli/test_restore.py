@@ -17,7 +17,9 @@ from transformers.utils import logging as transformers_logging
 from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.arguments import silenced_libraries
+from ldrps_pipeline.cli.manifest import DEFAULT_MANIFEST_NAME, read_records
 from ldrps_pipeline.hub.loading import resolve_device, resolve_dtype
+from tiny_components import tiny_captioner
 
 
 def write_image(path, height=10, width=14, seed=0):
@@ -130,8 +132,8 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
 
     names = []
 
-    def load(name, *, dtype, allow_pickle):
-        names.append((name, allow_pickle))
+    def load(name, **options):
+        names.append((name, options))
         raise Loading
 
     monkeypatch.setattr(cli, "load_pipeline", load)
@@ -139,7 +141,56 @@ def test_a_hub_repo_id_goes_to_the_loader(tmp_path, monkeypatch):
     a = write_image(tmp_path / "a.png")
     with pytest.raises(Loading):
         cli.main([str(a), "-o", "out", "--model", "user/repo", "--quiet"])
-    assert names == [("user/repo", False)]  # safetensors only unless --allow-pickle
+    with pytest.raises(Loading):
+        cli.main(
+            [
+                str(a),
+                "-o",
+                "out",
+                "--model",
+                "user/repo",
+                "--variant",
+                "fp16",
+                "--revision",
+                "v2",
+                "--captioner",
+                "me/vlm",
+            ]
+            + ["--caption-instruction", "What is it?", "--caption-max-tokens", "12", "--perceptual", "none", "--quiet"]
+        )
+    with pytest.raises(Loading):
+        cli.main([str(a), "-o", "out", "--model", "user/repo", "--prompt", "a cat", "--quiet"])
+    defaults = {
+        "dtype": torch.float32,
+        "allow_pickle": False,  # safetensors only unless --allow-pickle
+        "variant": None,
+        "revision": None,
+        "captioner": None,  # the model's own
+        "perceptual": "auto",
+        "caption_instruction": None,
+        "caption_max_new_tokens": None,
+    }
+    assert names == [
+        ("user/repo", defaults),
+        (
+            "user/repo",
+            {
+                **defaults,
+                "variant": "fp16",
+                "revision": "v2",
+                "captioner": "me/vlm",
+                "perceptual": "none",
+                "caption_instruction": "What is it?",
+                "caption_max_new_tokens": 12,
+            },
+        ),
+        ("user/repo", {**defaults, "captioner": "none"}),  # a given prompt needs no captioner
+    ]
+
+
+def test_a_captioner_with_a_given_prompt_is_refused_before_loading(model, tmp_path, capsys, never_loads):
+    argv = [write_image(tmp_path / "a.png"), "-o", tmp_path / "out", "--model", model, "--prompt", "a cat"]
+    assert "--captioner is not used with --prompt" in refused(capsys, [*argv, "--captioner", "me/vlm"])
 
 
 def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -147,7 +198,7 @@ def test_a_hub_repo_that_cannot_be_reached_is_a_clear_error(tmp_path, monkeypatc
 
     from ldrps_pipeline.hub import loading
 
-    def offline_download(repo_id, filename):
+    def offline_download(repo_id, filename, **hub_options):
         raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the local cache")
 
     monkeypatch.setattr(loading, "hf_hub_download", offline_download)  # what an offline machine gets
@@ -216,8 +267,8 @@ def test_dtype_option_loads_the_weights_in_that_dtype(model, tmp_path, monkeypat
     loaded = []
     load = cli.load_pipeline
 
-    def recording_load(name, *, dtype, allow_pickle):
-        pipe = load(name, dtype=dtype, allow_pickle=allow_pickle)
+    def recording_load(name, **options):
+        pipe = load(name, **options)
         loaded.append(pipe.unet.dtype)
         return pipe
 
@@ -254,8 +305,24 @@ def test_resolve_dtype():
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float32", "cuda") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError, match="dtype must be one of"):
-        resolve_dtype("float16", "cpu")
+        resolve_dtype("float64", "cpu")
+
+
+def test_auto_dtype_takes_bfloat16_only_where_the_card_has_it_natively(monkeypatch):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native or including_emulation  # a T4 or V100 emulates bfloat16: supported only with emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    native = False
+    assert resolve_dtype("auto", "cuda") == torch.float32
+    native = True
+    assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    assert asked == [False, False]
 
 
 def test_resolve_device(monkeypatch):
@@ -306,3 +373,57 @@ def test_out_of_device_memory_is_a_clear_error_and_keeps_earlier_outputs(model, 
     # Options already given are not offered again.
     assert restore(model, b, "-o", tmp_path / "again", "--low-memory", "--preset", "fast") == 1
     assert "what needs less memory: a smaller image" in capsys.readouterr().err
+
+
+def test_a_captioner_by_folder_writes_the_prompts_and_an_instruction_it_cannot_follow_is_refused(
+    model, tmp_path, capsys
+):
+    captioner, processor = tiny_captioner(str(tmp_path))  # a BLIP: captions the image alone
+    captioner.save_pretrained(tmp_path / "captioner")
+    processor.save_pretrained(tmp_path / "captioner")
+    a = write_image(tmp_path / "a.png")
+    argv = [a, "-o", tmp_path / "out", "--captioner", tmp_path / "captioner"]
+    assert restore(model, *argv, "--caption-max-tokens", "2") == 0
+    (record,) = [r for r in read_records(tmp_path / "out" / DEFAULT_MANIFEST_NAME) if r["status"] == "done"]
+    assert record["prompt"].split() == ["cat", "cat"]
+    assert record["settings"]["captioner"] == str(tmp_path / "captioner")
+    capsys.readouterr()
+    assert (
+        restore(
+            model,
+            a,
+            "-o",
+            tmp_path / "asked",
+            "--captioner",
+            tmp_path / "captioner",
+            "--caption-instruction",
+            "Say it.",
+        )
+        == 2
+    )
+    assert "takes no instruction" in capsys.readouterr().err and not (tmp_path / "asked" / "a.png").exists()
+
+
+def test_operator_option_restores_with_a_known_operator_and_records_it(model, tmp_path, monkeypatch):
+    operators = []
+    call = LDRPSPipeline.__call__
+
+    def recording_call(pipe, image, **kwargs):
+        operators.append(kwargs["operator"])
+        return call(pipe, image, **kwargs)
+
+    monkeypatch.setattr(LDRPSPipeline, "__call__", recording_call)
+    a = write_image(tmp_path / "a.png")
+    assert restore(model, a, "-o", tmp_path / "known", "--operator", "identity") == 0
+    assert restore(model, a, "-o", tmp_path / "learned") == 0
+    assert operators == ["identity", None]
+    assert PIL.Image.open(tmp_path / "known" / "a.png").size == (14, 10)
+    for folder, operator in (("known", "identity"), ("learned", None)):
+        (record,) = read_records(tmp_path / folder / "ldrps-manifest.jsonl")
+        assert record["status"] == "done" and record["settings"]["operator"] == operator
+
+
+def test_refuses_an_unknown_operator_before_loading(model, tmp_path, capsys, never_loads):
+    a = write_image(tmp_path / "a.png")
+    error = refused(capsys, [a, "-o", tmp_path / "out", "--model", model, "--operator", "sharpen"])
+    assert "argument --operator: invalid choice: 'sharpen'" in error and "identity" in error

@@ -273,3 +273,24 @@ def test_bad_parameters_raise_value_error_naming_them(make, name):
 def test_blur_kernel_larger_than_image_raises_value_error():
     with pytest.raises(ValueError, match="too small"):
         GaussianBlur(sigma=2.0)(torch.rand(1, 3, 6, 6))
+
+
+def test_known_operators_are_the_deterministic_parts():
+    clean = astronaut(32)
+    expected = {
+        "noise": clean,
+        "lowlight": 0.35 * clean**1.8,
+        "grayscale": Grayscale()(clean),
+        "blur": get_degradation("blur")(clean),
+        "sr_x4": get_degradation("sr_x4")(clean),
+        "lowlight+noise": 0.35 * clean**1.8,
+        "grayscale+noise": Grayscale()(clean),
+    }
+    for name, degradation in BENCHMARK_DEGRADATIONS.items():
+        if name in expected:
+            torch.testing.assert_close(degradation.operator(clean), expected[name], rtol=0, atol=1e-6)
+        else:  # a random transmission map or rain streaks: no operator models them
+            assert degradation.operator is None, name
+    assert BicubicDownsample(factor=4).operator is None  # its output is smaller than the image
+    assert Compose([GaussianBlur(1.0), RainStreaks()]).operator is None
+    assert LowLight(exposure=0.5, gamma=2.0).operator(flat(0.5)).mean().item() == pytest.approx(0.125)

@@ -24,18 +24,21 @@ EXPECTED_ROWS = [
     ("noise", "input"),
     ("noise", "ldrps-default"),
     ("noise", "ldrps-denoise"),
+    ("noise", "ldrps-known-operator (oracle)"),
     ("noise", "ldrps-guidance-off"),
     ("noise", "nl-means"),
     ("noise", "tv-chambolle"),
     ("blur", "input"),
     ("blur", "ldrps-default"),
+    ("blur", "ldrps-known-operator (oracle)"),
     ("blur", "ldrps-guidance-off"),
     ("blur", "richardson-lucy-oracle (oracle)"),
     ("grayscale", "input"),
     ("grayscale", "ldrps-default"),
+    ("grayscale", "ldrps-known-operator (oracle)"),
     ("grayscale", "ldrps-guidance-off"),
 ]
-STOCHASTIC = {"ldrps-default", "ldrps-denoise", "ldrps-guidance-off"}
+STOCHASTIC = {"ldrps-default", "ldrps-denoise", "ldrps-known-operator (oracle)", "ldrps-guidance-off"}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,16 @@ def test_guidance_off_differs_from_guided_and_pipeline_is_left_unchanged(pipe, r
         assert all(g.psnr != p.psnr for g, p in zip(guided, prior, strict=True))
     assert pipe.posterior_scheduler.config.posterior_scale == 40000.0
     assert dict(pipe.posterior_scheduler.config) == dict(tiny_pipeline().posterior_scheduler.config)
+
+
+def test_the_known_operator_oracle_runs_where_the_degradation_has_an_operator(pipe, results):
+    assert "ldrps-known-operator" in results.oracles
+    for degradation in CONFIG.degradations:
+        known = records_of(results, degradation, "ldrps-known-operator")
+        learned = records_of(results, degradation, "ldrps-default")
+        assert len(known) == len(CONFIG.seeds) and all(k.psnr != n.psnr for k, n in zip(known, learned, strict=True))
+    # Haze's random transmission map has no known operator.
+    assert "ldrps-known-operator" not in {m.name for m in methods_for(pipe, "haze", CONFIG)}
 
 
 def test_seeds_are_reproducible(pipe, results):

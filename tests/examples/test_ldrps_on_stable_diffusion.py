@@ -55,7 +55,8 @@ def test_restores_with_the_captioner_and_the_perceptual_features_and_saves_the_p
         "--captioner",
         str(root / "captioner"),
     ]
-    argv += ["--vgg16", str(root / "vgg16.safetensors"), "--preset", "lowlight", "--steps", "2", "--recurrences", "0"]
+    argv += ["--perceptual", str(root / "vgg16.safetensors"), "--preset", "lowlight", "--steps", "2"]
+    argv += ["--recurrences", "0"]
     argv += ["--dtype", "float32", "--save", str(tmp_path / "saved")]
     assert script.main(argv) == 0
     assert "(prompt: 'cat cat" in capsys.readouterr().out  # the tiny captioner wrote the prompt
@@ -72,7 +73,7 @@ def test_restores_with_the_captioner_and_the_perceptual_features_and_saves_the_p
 def test_without_captioner_or_perceptual_features(example, hub_like_folders, tmp_path, capsys):
     script = example("ldrps_on_stable_diffusion")
     root, _ = hub_like_folders
-    pipe = script.build_pipeline(str(root / "sd"), captioner=None, vgg16=None)
+    pipe = script.build_pipeline(str(root / "sd"), captioner=None, perceptual=None)
     assert pipe.captioner is None and pipe.perceptual is None and pipe.unet.dtype == torch.float32
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])

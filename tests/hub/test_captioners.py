@@ -2,6 +2,7 @@
 any weights load where it can tell), the torchvision requirement; and the table of checked captioners."""
 
 import json
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -85,11 +86,11 @@ def test_remote_code_is_refused(tmp_path):
 def test_a_processor_that_needs_torchvision_is_refused_by_name_when_it_is_missing(tmp_path, monkeypatch):
     model, _ = tiny_qwen2_vl()
     model.config.save_pretrained(tmp_path)  # config.json alone: the check comes before any other file is read
-    monkeypatch.setattr(captioners, "torchvision_installed", lambda: False)
+    monkeypatch.setattr(captioners, "torchvision_available", lambda: False)
     with pytest.raises(ImportError, match=r"captioner '.*' \(qwen2_vl\) needs torchvision, which is not installed"):
         load_captioner(str(tmp_path))
     # With torchvision, the processor files are looked for (and here, missing).
-    monkeypatch.setattr(captioners, "torchvision_installed", lambda: True)
+    monkeypatch.setattr(captioners, "torchvision_available", lambda: True)
     with pytest.raises(OSError, match="cannot load the processor of captioner"):
         load_captioner(str(tmp_path))
 
@@ -112,3 +113,8 @@ def test_the_checked_captioners_table():
     table = captioner_table().splitlines()
     assert len(table) == 2 + len(CAPTIONERS)
     assert all(f"`{c.repo_id}`" in row for c, row in zip(CAPTIONERS, table[2:], strict=True))
+
+
+def test_the_readme_carries_the_captioner_table():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert captioner_table() in readme

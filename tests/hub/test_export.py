@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from remote_code import run_fresh
+from remote_code import restore, run_fresh
 
 from ldrps_pipeline import LDRPSPipeline
 from ldrps_pipeline.hub import export as hub
 from ldrps_pipeline.hub.export import export_for_hub
 from ldrps_pipeline.hub.model_card import FINISHED_CARD_REPO, PAPER_BASE_MODEL, model_card
-from tiny_components import tiny_pipeline
+from tiny_components import tiny_pipeline, tiny_stable_diffusion
 
 
 def test_hub_export_loads_where_the_package_is_not_importable(saved, tmp_path):
@@ -25,6 +25,7 @@ def test_hub_export_loads_where_the_package_is_not_importable(saved, tmp_path):
     assert index["aligner"] == ["alignment_ldrps", "AlignmentModule"]
     assert index["posterior_scheduler"] == ["scheduling_ldrps", "RecurrentPosteriorScheduler"]
     assert (exported / "aligner" / "alignment_ldrps.py").is_file()
+    assert (exported / "operators_ldrps.py").is_file()  # known-operator mode: the pipeline file imports it
     images, module = run_fresh(
         tmp_path, f"pipe = DiffusionPipeline.from_pretrained({str(exported)!r}, trust_remote_code=True)", True
     )
@@ -88,6 +89,25 @@ def test_export_writes_pipeline_py_that_loads_as_custom_pipeline_where_the_packa
     )
     assert module.startswith("diffusers_modules")
     assert torch.allclose(images, reference, atol=1e-6)
+
+
+def test_a_stable_diffusion_folder_with_the_code_only_export_as_custom_pipeline_gives_ld_rps(tmp_path):
+    """A user's SD repo and the LD-RPS code repo, offline, in a process where ldrps_pipeline is not importable: the
+    components the SD repo lacks (aligner, posterior scheduler) take their defaults."""
+    sd = tiny_stable_diffusion("sd2-base")
+    sd.save_pretrained(tmp_path / "sd")
+    code = hub.export_code(tmp_path / "code")
+    images, module = run_fresh(
+        tmp_path,
+        f"pipe = DiffusionPipeline.from_pretrained({str(tmp_path / 'sd')!r}, custom_pipeline={str(code)!r}, "
+        "trust_remote_code=True)\n"
+        "assert type(pipe.aligner).__name__ == 'AlignmentModule', type(pipe.aligner)\n"
+        "assert type(pipe.scheduler).__name__ == 'DDIMScheduler', type(pipe.scheduler)\n"
+        "assert pipe.posterior_scheduler.config.num_inference_steps == 450",
+        True,
+    )
+    assert module.startswith("diffusers_modules")
+    assert torch.allclose(images, restore(LDRPSPipeline.from_pipe(sd)), atol=1e-6)
 
 
 def test_code_only_export_holds_the_code_and_the_card_and_no_weights(tmp_path):

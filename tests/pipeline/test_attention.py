@@ -2,12 +2,9 @@
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
-from diffusers.utils import logging
 
-from ldrps_pipeline import DecoderAttnProcessor, LDRPSPipeline, attention_ldrps
-from ldrps_pipeline.attention_ldrps import use_xformers_if_installed
+from ldrps_pipeline import DecoderAttnProcessor, LDRPSPipeline
 from tiny_components import restore_tiny, tiny_image, tiny_pipeline
 
 
@@ -59,47 +56,6 @@ def test_the_vae_gets_the_decoder_attention_unless_its_processors_are_your_own(r
     assert {type(p) for p in custom.vae.attn_processors.values()} == {AttnProcessorWithAScale}
 
 
-def test_xformers_switches_on_at_the_first_cuda_call_unless_chosen_explicitly(monkeypatch, fresh_dynamo):
-    # xformers cannot run here: diffusers' switch is replaced by a recorder (the CUDA run is in test_gpu.py).
-    applied = []
-    monkeypatch.setattr(
-        DiffusionPipeline,
-        "set_use_memory_efficient_attention_xformers",
-        lambda self, valid, attention_op=None: applied.append(valid),
-    )
-    monkeypatch.setattr(attention_ldrps, "is_xformers_available", lambda: True)
-    pipe = tiny_pipeline()
-    assert pipe.xformers_attention is None
-    use_xformers_if_installed(pipe, torch.device("cpu"))
-    assert applied == []
-    use_xformers_if_installed(pipe, torch.device("cuda"))
-    use_xformers_if_installed(pipe, torch.device("cuda"))
-    assert applied == [True] and pipe.xformers_attention is True
-    # Switched off before the first call: the automatic switch-on does not override the user's choice.
-    chosen = tiny_pipeline()
-    chosen.disable_xformers_memory_efficient_attention()
-    use_xformers_if_installed(chosen, torch.device("cuda"))
-    assert applied == [True, False] and chosen.xformers_attention is False
-    # enable_torch_compile keeps SDPA unless xformers was switched on explicitly, without touching the processors.
-    compiled = tiny_pipeline()
-    compiled.enable_torch_compile(backend="eager")
-    use_xformers_if_installed(compiled, torch.device("cuda"))
-    assert compiled.xformers_attention is False and applied == [True, False]
-    pipe.enable_torch_compile(backend="eager")
-    assert pipe.xformers_attention is True and applied == [True, False]
-    # The user's own attention processors are never replaced.
-    custom = tiny_pipeline()
-    custom.unet.set_attn_processor(AttnProcessorWithAScale())
-    use_xformers_if_installed(custom, torch.device("cuda"))
-    assert applied == [True, False] and custom.xformers_attention is None
-    custom.enable_torch_compile(backend="eager")
-    assert {type(p) for p in custom.unet.attn_processors.values()} == {AttnProcessorWithAScale}
-    # Not installed: nothing happens.
-    monkeypatch.setattr(attention_ldrps, "is_xformers_available", lambda: False)
-    use_xformers_if_installed(tiny_pipeline(), torch.device("cuda"))
-    assert applied == [True, False]
-
-
 class AttnProcessorWithAScale(AttnProcessor2_0):
     """A user's own attention processor (a subclass, so not diffusers' default type)."""
 
@@ -108,32 +64,8 @@ def test_switching_xformers_off_keeps_sdpa_and_the_result(reference):
     image, expected = reference
     pipe = tiny_pipeline()
     pipe.disable_xformers_memory_efficient_attention()
-    assert pipe.xformers_attention is False
     assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert torch.equal(restore_tiny(pipe, image), expected)
-
-
-def test_an_installed_xformers_that_cannot_run_leaves_sdpa_with_a_warning(monkeypatch, caplog):
-    applied = []
-
-    def switch(self, valid, attention_op=None):
-        applied.append(valid)
-        if valid:
-            raise RuntimeError("no kernels for this card")
-
-    monkeypatch.setattr(DiffusionPipeline, "set_use_memory_efficient_attention_xformers", switch)
-    monkeypatch.setattr(attention_ldrps, "is_xformers_available", lambda: True)
-    pipe = tiny_pipeline()
-    with caplog.at_level(logging.WARNING):
-        logging.enable_propagation()
-        try:
-            use_xformers_if_installed(pipe, torch.device("cuda"))
-            use_xformers_if_installed(pipe, torch.device("cuda"))
-        finally:
-            logging.disable_propagation()
-    # Tried once, switched back off (SDPA), not tried again.
-    assert applied == [True, False] and pipe.xformers_attention is False
-    assert sum("cannot be used here" in r.getMessage() for r in caplog.records) == 1
 
 
 class SdpaInTheVae(LDRPSPipeline):

@@ -151,9 +151,11 @@ class RecordedMoves(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.moves = []
+        self.device = torch.device("cpu")
 
     def to(self, device):
         self.moves.append(str(device))
+        self.device = torch.device(device)
         return self
 
 
@@ -175,3 +177,13 @@ def test_captioner_on_leaves_cpu_models_and_offload_hooked_models_where_they_are
     with captioner_on(model, "cuda"):
         pass
     assert model.moves == []
+
+
+def test_captioner_on_inside_an_outer_block_moves_nothing():
+    model = RecordedMoves()
+    with captioner_on(model, "cuda:0"):
+        for _ in range(3):  # one caption per image of a folder run
+            with captioner_on(model, "cuda:0"):
+                pass
+        assert model.moves == ["cuda:0"]
+    assert model.moves == ["cuda:0", "cpu"]

@@ -221,6 +221,23 @@ def test_captioner_writes_the_prompt_and_a_given_prompt_skips_it(tmp_path):
     assert len(calls) == 1 and no_caption.prompts == [""]
 
 
+def test_the_caption_settings_of_the_config_reach_the_captioner_and_are_checked(tmp_path):
+    model, processor = tiny_captioner(str(tmp_path))  # BLIP: it says "cat" at every token, and takes no instruction
+    short = tiny_pipeline(captioner=model, captioner_processor=processor, caption_max_new_tokens=2)
+    long = tiny_pipeline(captioner=model, captioner_processor=processor, caption_max_new_tokens=6)
+    call = {"num_inference_steps": 2, "recurrences": 0, "output_type": "pt"}
+    assert len(short(tiny_image(16, 16), **call).prompts[0].split()) < len(
+        long(tiny_image(16, 16), **call).prompts[0].split()
+    )
+    asking = tiny_pipeline(captioner=model, captioner_processor=processor, caption_instruction="What is it?")
+    with pytest.raises(ValueError, match="captions the image alone and takes no instruction"):
+        asking(tiny_image(16, 16), **call)
+    with pytest.raises(ValueError, match="caption_max_new_tokens must be a positive integer"):
+        tiny_pipeline(caption_max_new_tokens=0)
+    with pytest.raises(ValueError, match="non-empty string"):
+        tiny_pipeline(caption_instruction="  ")
+
+
 def test_no_prompt_no_captioner_warns_once(caplog):
     from diffusers.utils import logging
 
