@@ -205,6 +205,19 @@ class NonFiniteFlags:
             raise NonFiniteSampleError(pass_index, num_passes, faults)
 
 
+def float16_backward_scale(height: int, width: int, scale: float) -> float:
+    """The :attr:`PosteriorState.backward_scale` of a float16 decoder: ``H * W / scale``, so that the loss is
+    multiplied by the pixel count in all for the backward.
+
+    The MSE of an ``H x W`` image gives each pixel a gradient of ``2 (y_hat - y) / (3 H W)``: at 512 x 512 and a
+    mismatch of 1e-3, about 3e-9, below float16's smallest subnormal (6e-8), so the backward through a float16
+    decoder would return zero. Multiplied by ``H W``, the gradients entering the decoder are of the order of the
+    mismatch itself, well inside float16's range (they grow by the decoder's upsampling factor squared, 64 for
+    SD, on their way to the latent), and the float32 division afterwards gives back ``grad(-scale * L)``.
+    """
+    return height * width / scale if scale > 0 else 1.0
+
+
 @dataclass
 class PosteriorState:
     """What the posterior guidance works with during one call: built once per call, before the sampling,
@@ -223,6 +236,9 @@ class PosteriorState:
             gate, and below it sample 0 alone.
         non_finite: the call's :class:`NonFiniteFlags`, into which :meth:`loss` and :meth:`shift_sample_zero`
             record each image's loss and gradient; ``None`` records nothing.
+        backward_scale: the factor the guidance loss is multiplied by for its backward, the gradient being divided
+            by it again in float32 (loss scaling, as mixed-precision training does): 1 except with a float16
+            decoder (:func:`float16_backward_scale`).
     """
 
     trainers: Sequence[ImageAlignment]
@@ -234,6 +250,7 @@ class PosteriorState:
     degraded_features: torch.Tensor | None
     learns_alignment: bool = True
     non_finite: NonFiniteFlags | None = None
+    backward_scale: float = 1.0
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
         """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
@@ -320,7 +337,9 @@ class PosteriorGuidance:
                 loss = state.loss(estimate, weights)
             # Guidance 5: g = grad(-scale * L, z0_hat); z_{t-1} <- z_{t-1} + g for sample 0.
             with record_function(GUIDANCE_PROFILER_RANGES["guidance_backward"]):
-                (gradient,) = torch.autograd.grad(-state.scale * loss, z0)
+                (gradient,) = torch.autograd.grad(-state.scale * state.backward_scale * loss, z0)
+                if state.backward_scale != 1:
+                    gradient = gradient / state.backward_scale  # float32: z0 is a float32 leaf
         return state.shift_sample_zero(latents, gradient)
 
     def _decode_estimates(

@@ -39,7 +39,13 @@ from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .attention_ldrps import DecoderAttnProcessor, use_vae_attention
 from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_on, check_instruction
 from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
-from .guidance_ldrps import GUIDANCE_PROFILER_RANGES, NonFiniteFlags, PosteriorGuidance, PosteriorState
+from .guidance_ldrps import (
+    GUIDANCE_PROFILER_RANGES,
+    NonFiniteFlags,
+    PosteriorGuidance,
+    PosteriorState,
+    float16_backward_scale,
+)
 from .inputs_ldrps import PipelineImageInput, per_image_inputs
 from .operators_ldrps import KnownOperatorAlignment, Operator, check_operator_output, resolve_operator
 from .options_ldrps import SpeedAndMemoryOptions
@@ -420,16 +426,18 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         """The :class:`PosteriorState` of a call on ``degraded`` (its perceptual features computed once), recording
         its losses and gradients in ``non_finite``."""
         _, _, height, width = degraded.shape
+        scale = posterior.scale_for(height, width)
         return PosteriorState(
             trainers=trainers,
             degraded=degraded,
             num_samples=posterior.config.num_samples,
-            scale=posterior.scale_for(height, width),
+            scale=scale,
             exposure_patch_size=posterior.config.exposure_patch_size,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
             learns_alignment=learns_alignment,
             non_finite=non_finite,
+            backward_scale=float16_backward_scale(height, width, scale) if self.vae.dtype == torch.float16 else 1.0,
         )
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -6,9 +6,11 @@ import torch
 from ldrps_pipeline import NonFiniteSampleError, PerceptualFeatures
 from ldrps_pipeline.guidance_ldrps import (
     NonFiniteFlags,
+    PosteriorGuidance,
     PosteriorState,
     color_loss,
     exposure_loss,
+    float16_backward_scale,
     posterior_loss,
 )
 from ldrps_pipeline.scheduling_ldrps import GuidanceWeights
@@ -247,3 +249,40 @@ def test_a_non_finite_perceptual_distance_is_named_as_the_loss(counted_checks):
 def test_a_finite_restoration_reads_the_flags_once_per_pass(counted_checks):
     images = tiny_pipeline()(tiny_image(16, 16), prompt="a photo", num_inference_steps=6, recurrences=2).images
     assert len(images) == 1 and counted_checks == [0, 1, 2]
+
+
+class Float16Decoder(PosteriorGuidance):
+    """A decoder that is the identity through float16, as a float16 VAE's output is."""
+
+    def decode(self, latents, height, width):
+        return latents.half().float()
+
+
+class IdentityAlignment:
+    def align(self, estimate):
+        return estimate
+
+
+def test_a_float16_decoder_backward_is_loss_scaled_so_that_small_gradients_do_not_vanish():
+    # Values on a grid of 2**-10, exact in float16, so that only the backward's precision is at stake.
+    y = torch.randint(0, 1000, (1, 3, 256, 256), generator=torch.Generator().manual_seed(0)) / 1024
+    x0 = y + 1 / 1024  # a small mismatch: each pixel's gradient 2**-9 / (3 * 256 * 256) = 1e-8, below float16's range
+
+    def shift(backward_scale):
+        state = PosteriorState(
+            trainers=[IdentityAlignment()],
+            degraded=y,
+            num_samples=1,
+            scale=1.0,
+            exposure_patch_size=32,
+            perceptual_distance=None,
+            degraded_features=None,
+            learns_alignment=False,
+            backward_scale=backward_scale,
+        )
+        return Float16Decoder().posterior_guidance(torch.zeros_like(x0), x0, weights(), state)
+
+    expected = -2 * (x0 - y) / y.numel()  # grad(-scale * MSE) in float32, scale 1
+    assert shift(1.0).eq(0).all()  # unscaled, every gradient underflows in the float16 backward
+    scaled = shift(float16_backward_scale(256, 256, 1.0))
+    assert torch.allclose(scaled, expected, rtol=2e-3, atol=0)
