@@ -1,8 +1,8 @@
 # Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
 # `run_step_end_callback` is adapted from the callback handling of diffusers' StableDiffusionPipeline
 # (Copyright The HuggingFace Team, Apache License 2.0).
-"""The UNet's text conditioning during an LD-RPS call (the rows of classifier-free guidance, CFG) and diffusers'
-step-end callbacks, which may replace the embeddings or switch CFG on or off.
+"""The UNet's text conditioning during an LD-RPS call (the rows of classifier-free guidance, CFG, and the guided
+prediction they give) and diffusers' step-end callbacks, which may replace the embeddings or switch CFG on or off.
 
 This module imports no sibling module, so the Hub export can copy it beside the pipeline file.
 """
@@ -46,6 +46,44 @@ class TextConditioning:
         if cfg and negative_prompt_embeds is not None and not torch.equal(negative_prompt_embeds, prompt_embeds):
             cfg_embeds = torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])
         return cls(prompt_embeds, negative_prompt_embeds, num_samples, cfg_embeds)
+
+
+def classifier_free_prediction(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    embeds: torch.Tensor,
+    guidance_scale: float,
+    unet_batch_size: int | None = None,
+) -> torch.Tensor:
+    """The guided noise (or v) prediction of all samples, in float32: ``uncond + s * (cond - uncond)``.
+
+    One UNet call covers all samples and both CFG branches unless ``unet_batch_size`` splits the batch into calls
+    of at most that many rows. ``embeds`` has twice as many rows as ``latents`` ([uncond, cond],
+    :attr:`TextConditioning.cfg_embeds`) for CFG, or as many for the conditional prediction alone.
+    """
+    classifier_free = embeds.shape[0] == 2 * latents.shape[0]
+    model_input = (torch.cat([latents, latents]) if classifier_free else latents).to(unet.dtype)
+    rows = unet_batch_size or model_input.shape[0]
+    prediction = torch.cat(
+        [
+            unet(chunk, timestep, encoder_hidden_states=chunk_embeds, return_dict=False)[0]
+            for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
+        ]
+    ).float()
+    if not classifier_free:
+        return prediction
+    uncond, cond = prediction.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def check_callback_tensor_inputs(names: Any, allowed: list[str]) -> None:
+    """Raise ``ValueError`` unless ``names`` is a list (or tuple) of names among ``allowed``."""
+    if not isinstance(names, list | tuple):
+        raise ValueError(f"callback_on_step_end_tensor_inputs must be a list of names, e.g. ['latents'], got {names!r}")
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {allowed}")
 
 
 def run_step_end_callback(

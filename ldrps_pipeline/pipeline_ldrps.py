@@ -38,7 +38,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .attention_ldrps import DecoderAttnProcessor, use_vae_attention
 from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_on, check_instruction
-from .conditioning_ldrps import StepEndCallback, TextConditioning, run_step_end_callback
+from .conditioning_ldrps import (
+    StepEndCallback,
+    TextConditioning,
+    check_callback_tensor_inputs,
+    classifier_free_prediction,
+    run_step_end_callback,
+)
 from .guidance_ldrps import (
     GUIDANCE_PROFILER_RANGES,
     NonFiniteFlags,
@@ -51,10 +57,9 @@ from .operators_ldrps import KnownOperatorAlignment, Operator, check_operator_ou
 from .options_ldrps import SpeedAndMemoryOptions
 from .perceptual_ldrps import HOW_TO_GET_PERCEPTUAL_FEATURES, PerceptualFeatures
 from .scheduling_ldrps import (
-    PRESETS,
-    GuidanceWeights,
     RecurrentPosteriorScheduler,
     as_ddim_scheduler,
+    check_schedule_arguments,
     is_finite_number,
     is_integer_at_least,
 )
@@ -230,31 +235,15 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         """Raise a ``ValueError`` that names the problem for any invalid argument."""
-        if num_inference_steps is not None and not is_integer_at_least(num_inference_steps, 1):
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if recurrences is not None and not is_integer_at_least(recurrences, 0):
-            raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
-        if strength is not None and not (is_finite_number(strength, positive=True) and strength <= 1):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        check_schedule_arguments(num_inference_steps, recurrences, strength, preset)
         if not is_finite_number(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         resolve_operator(operator)  # an unknown name or an object that is not callable
         if unet_batch_size is not None and not is_integer_at_least(unet_batch_size, 1):
             raise ValueError(f"unet_batch_size must be a positive integer or None, got {unet_batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if not isinstance(callback_on_step_end_tensor_inputs, list | tuple):
-            raise ValueError(
-                "callback_on_step_end_tensor_inputs must be a list of names, e.g. ['latents'], "
-                f"got {callback_on_step_end_tensor_inputs!r}"
-            )
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
-            )
+        check_callback_tensor_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
 
     def _posterior_scheduler(self, preset: str | None, operator: Operator | None) -> RecurrentPosteriorScheduler:
         """The call's posterior scheduler: the component, with ``preset`` applied when one is given, and with a known
@@ -272,21 +261,6 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
                 f"training are left out: {HOW_TO_GET_PERCEPTUAL_FEATURES}.",
             )
         return posterior
-
-    def _plan_passes(
-        self,
-        posterior: RecurrentPosteriorScheduler,
-        num_inference_steps: int | None,
-        recurrences: int | None,
-        strength: float | None,
-    ) -> tuple[list[list[int]], list[list[GuidanceWeights | None]]]:
-        """The timesteps of every pass (pass 0 over the full schedule, then each recurrence over its tail) and the
-        guidance of each of their steps (``RecurrentPosteriorScheduler.guidance_plan``), planned once per call."""
-        if num_inference_steps is None:
-            num_inference_steps = posterior.config.num_inference_steps
-        passes = posterior.set_timesteps(int(num_inference_steps), self.scheduler, recurrences, strength)
-        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
-        return passes, [posterior.guidance_plan(timesteps) for timesteps in passes]
 
     def _prompts(
         self, prompts: list[str] | None, degraded: torch.Tensor, posterior: RecurrentPosteriorScheduler
@@ -368,23 +342,11 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         By default one batched UNet call covers all samples and both CFG branches;
         ``unet_batch_size`` splits that batch into calls of at most that many rows (less memory, slower).
         ``embeds`` decides the CFG: twice as many rows as ``latents`` means [uncond, cond] (see
-        :class:`TextConditioning`), as many rows means the conditional prediction alone.
+        :class:`TextConditioning`), as many rows means the conditional prediction alone
+        (``conditioning_ldrps.classifier_free_prediction``).
         """
-        classifier_free = embeds.shape[0] == 2 * latents.shape[0]
-        model_input = torch.cat([latents, latents]) if classifier_free else latents
-        model_input = model_input.to(self.unet.dtype)
-        rows = unet_batch_size or model_input.shape[0]
         with record_function(PROFILER_RANGES["unet"]):
-            prediction = torch.cat(
-                [
-                    self.unet(chunk, timestep, encoder_hidden_states=chunk_embeds, return_dict=False)[0]
-                    for chunk, chunk_embeds in zip(model_input.split(rows), embeds.split(rows), strict=True)
-                ]
-            ).float()
-        if not classifier_free:
-            return prediction
-        uncond, cond = prediction.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+            return classifier_free_prediction(self.unet, latents, timestep, embeds, guidance_scale, unet_batch_size)
 
     def new_alignment_state(
         self,
@@ -530,7 +492,8 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         num_samples = posterior.config.num_samples
-        passes, guidance_plans = self._plan_passes(posterior, num_inference_steps, recurrences, strength)
+        passes, guidance_plans = posterior.plan_passes(num_inference_steps, self.scheduler, recurrences, strength)
+        self._num_timesteps = sum(len(timesteps) for timesteps in passes)
 
         # 1. Text prompt (Components: text prompt): the given one, else the captioner's description of the clean image.
         prompts = self._prompts(prompts, degraded, posterior)

@@ -143,6 +143,18 @@ def is_finite_number(value: Any, minimum: float = 0.0, positive: bool = False) -
     return value > minimum if positive else value >= minimum
 
 
+def check_schedule_arguments(num_inference_steps: Any, recurrences: Any, strength: Any, preset: str | None) -> None:
+    """Raise ``ValueError`` naming the problem for the pass-plan arguments of a call (``None``: the scheduler's)."""
+    if num_inference_steps is not None and not is_integer_at_least(num_inference_steps, 1):
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if recurrences is not None and not is_integer_at_least(recurrences, 0):
+        raise ValueError(f"recurrences must be a non-negative integer, got {recurrences!r}")
+    if strength is not None and not (is_finite_number(strength, positive=True) and strength <= 1):
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+
+
 def check_config(config: Any) -> None:
     """Raise a ``ValueError`` naming the first field of a :class:`RecurrentPosteriorScheduler` config that is
     out of range (a bad value would otherwise fail, or silently do nothing, deep inside a restoration)."""
@@ -313,6 +325,20 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
             )
         self.passes = [full] + [full[len(full) - tail_length :] for _ in range(recurrences)]
         return self.passes
+
+    def plan_passes(
+        self,
+        num_inference_steps: int | None,
+        scheduler: SchedulerMixin,
+        recurrences: int | None = None,
+        strength: float | None = None,
+    ) -> tuple[list[list[int]], list[list[GuidanceWeights | None]]]:
+        """A call's plan, made once: the timesteps of every pass (:meth:`set_timesteps`; ``num_inference_steps``
+        ``None`` takes the config's) and the guidance of each of their steps (:meth:`guidance_plan`)."""
+        if num_inference_steps is None:
+            num_inference_steps = self.config.num_inference_steps
+        passes = self.set_timesteps(int(num_inference_steps), scheduler, recurrences, strength)
+        return passes, [self.guidance_plan(timesteps) for timesteps in passes]
 
     @property
     def guides(self) -> bool:
