@@ -3,6 +3,7 @@ tagged ``gpu`` left out), and its GPU section checked against the package's API 
 
 import ast
 import importlib
+import inspect
 import math
 import re
 from pathlib import Path
@@ -11,7 +12,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ldrps_pipeline import LDRPSPipeline
+from ldrps_pipeline.hub.captioners import RECOMMENDED_CAPTIONER
+from ldrps_pipeline.hub.loading import load_pipeline
+from ldrps_pipeline.hub.model_card import PAPER_BASE_MODEL
 
 NOTEBOOK = Path(__file__).parents[2] / "examples" / "restore_and_compare.ipynb"
 GPU_TAG = "gpu"
@@ -46,16 +49,16 @@ def test_the_gpu_section_is_marked_and_uses_the_package_as_it_is(notebook):
         if isinstance(node, ast.ImportFrom) and node.module.startswith("ldrps_pipeline"):
             module = importlib.import_module(node.module)
             assert all(hasattr(module, alias.name) for alias in node.names)
-    (from_pipe,) = [
+    (call,) = [
         node
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pipe"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "load_pipeline"
     ]
-    components = set(LDRPSPipeline._get_signature_keys(LDRPSPipeline)[0]) | set(LDRPSPipeline._optional_components)
-    keywords = {keyword.arg for keyword in from_pipe.keywords}
-    assert {"aligner", "posterior_scheduler", "captioner", "captioner_processor", "perceptual"} <= keywords
-    assert keywords - {"dtype"} <= components
-    assert "PerceptualFeatures.from_vgg16_state_dict(" in source
+    keywords = {keyword.arg: keyword.value for keyword in call.keywords}
+    assert set(keywords) <= set(inspect.signature(load_pipeline).parameters)  # every keyword is one it takes
+    assert {"captioner", "perceptual", "dtype"} <= set(keywords)
+    assert ast.literal_eval(call.args[0]) == PAPER_BASE_MODEL
+    assert ast.literal_eval(keywords["captioner"]) == RECOMMENDED_CAPTIONER
 
 
 def test_the_notebook_runs_headless_and_the_restoration_beats_the_degraded_photo(notebook, tmp_path, monkeypatch):
