@@ -25,7 +25,7 @@ from ldrps_pipeline.hub.model_card import PAPER_BASE_MODEL, model_card
 def export(source: str, output_dir: Path, repo_id: str, base_model: str | None, captioner: str | None) -> Path:
     """Write the Hub folder of ``source`` (``"demo"``, a saved LD-RPS folder or Hub id, or ``"code"``)."""
     if source == "code":
-        return export_code(output_dir, model_card(repo_id, base_model=base_model or PAPER_BASE_MODEL))
+        return export_code(output_dir, model_card(repo_id, base_model=base_model or PAPER_BASE_MODEL, code_only=True))
     card = model_card(repo_id, base_model=base_model, captioner=captioner)
     return export_for_hub(load_pipeline(source), output_dir, card=card)
 

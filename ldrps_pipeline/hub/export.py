@@ -81,7 +81,7 @@ def export_code(output_dir: str | Path, card: ModelCard | None = None) -> Path:
     """
     output_dir = Path(output_dir)
     with staged(output_dir) as staging:
-        write_code_files(staging, card or model_card(output_dir.name))
+        write_code_files(staging, card or model_card(output_dir.name, code_only=True))
     return output_dir
 
 
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         license=args.license,
         captioner=args.captioner,
         title="LD-RPS demo model" if args.source == "demo" else "LD-RPS image restoration",
+        code_only=code_only,
     )
     if code_only:
         folder = export_code(args.output_dir, card)

@@ -93,13 +93,14 @@ knowing the degradation and without paired training. The repository carries its 
 ```python
 import torch
 from diffusers import DiffusionPipeline
+
+{% if not code_only %}# This repository, with its own code (no package needed):
 from PIL import Image
 
-# a) This repository, with its own code (no package needed):
 pipe = DiffusionPipeline.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 restored = pipe(Image.open("degraded.png"), generator=torch.Generator().manual_seed(0)).images[0]
 
-# b) Its code over any Stable Diffusion repository (the components it lacks get their defaults), with a captioner:
+{% endif %}# {% if code_only %}This repository holds the code alone (no weights): use it {% else %}Its code {% endif %}over any Stable Diffusion repository (the components it lacks get their defaults), with a captioner:
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 pipe = DiffusionPipeline.from_pretrained(
@@ -111,7 +112,7 @@ pipe = DiffusionPipeline.from_pretrained(
     dtype=torch.bfloat16,
 ).to("cuda")
 
-# c) With the package installed (`pip install ldrps-pipeline`): the paper's set-up in one call
+# With the package installed (`pip install ldrps-pipeline`): the paper's set-up in one call
 from ldrps_pipeline.hub.loading import load_pipeline
 
 pipe = load_pipeline(
@@ -125,8 +126,8 @@ pipe = load_pipeline(
 On a GPU, load it in bfloat16 (float16 on cards without native bfloat16, such as T4 or V100): the losses, the x0
 clip and the alignment module's weights stay float32 inside. `pipe.enable_torch_compile()` compiles the UNet and
 the VAE decoder; the first steps pay for the compilation. xformers is opt-in, as everywhere in diffusers:
-`pipe.enable_xformers_memory_efficient_attention()`. The command line: `ldrps-restore degraded.png -o restored
---model {{ repo_id }}`, or for the paper's set-up `ldrps-restore degraded.png -o restored --model
+`pipe.enable_xformers_memory_efficient_attention()`. The command line: {% if not code_only %}`ldrps-restore
+degraded.png -o restored --model {{ repo_id }}`, or {% endif %}for the paper's set-up `ldrps-restore degraded.png -o restored --model
 {{ paper_base_model }} --captioner {{ recommended_captioner }} --perceptual torchvision`.
 
 ## Presets
@@ -159,6 +160,7 @@ def model_card(
     captioner: str | None = None,
     perceptual: str | None = None,
     title: str = "LD-RPS image restoration",
+    code_only: bool = False,
 ) -> ModelCard:
     """The model card of an LD-RPS Hub repository.
 
@@ -170,6 +172,8 @@ def model_card(
         captioner: the captioner's Hub id, or ``None`` for none.
         perceptual: where the perceptual features come from, or ``None`` for none.
         title: the card's heading.
+        code_only: the card of a repository with the code alone (``export_code``): no usage that loads weights
+            from it, only its use as ``custom_pipeline`` over a Stable Diffusion repository.
     """
     known = BASE_MODELS.get(base_model) if base_model else None
     license = license or (known.license if known else "apache-2.0")
@@ -192,5 +196,6 @@ def model_card(
         captioner=captioner or "none (the empty prompt, or a prompt you give)",
         perceptual=perceptual or "none (the presets' perceptual terms are left out)",
         speed_table=SPEED_TABLE,
+        code_only=code_only,
         license=license,
     )

@@ -156,4 +156,11 @@ def test_push_to_hub_uploads_the_exported_folder(tmp_path, monkeypatch, capsys):
 def test_the_repository_model_card_is_the_generated_one():
     """model_card/README.md is the card of the paper set-up's code repo, as the export writes it."""
     finished = Path(__file__).parents[2] / "model_card" / "README.md"
-    assert finished.read_text() == str(model_card(FINISHED_CARD_REPO)) + "\n"
+    assert finished.read_text() == str(model_card(FINISHED_CARD_REPO, code_only=True)) + "\n"
+
+
+def test_a_code_only_card_offers_no_usage_that_loads_weights_from_its_repo():
+    card = model_card("me/ld-rps-code", code_only=True).text
+    assert 'from_pretrained("me/ld-rps-code", trust_remote_code=True)' not in card
+    assert "--model me/ld-rps-code" not in card
+    assert 'custom_pipeline="me/ld-rps-code"' in card and "holds the code alone" in card
