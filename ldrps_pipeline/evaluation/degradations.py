@@ -245,13 +245,8 @@ class Grayscale(Degradation):
 
 @dataclass(frozen=True)
 class GaussianBlur(Degradation):
-    """Convolution with an isotropic Gaussian point-spread function, reflect padding at the borders.
-
-    Args:
-        sigma: the blur's standard deviation in pixels, ``> 0``.
-        kernel_size: the odd side of the square kernel; by default ``2 * ceil(3 * sigma) + 1``.
-            The image must be larger than half the kernel in both dimensions.
-    """
+    """The Gaussian blur of :class:`~ldrps_pipeline.operators_ldrps.GaussianBlurOperator`, with its parameters
+    (``sigma`` in pixels, ``kernel_size`` odd or ``None``) and their checks."""
 
     sigma: float = 2.0
     kernel_size: int | None = None
