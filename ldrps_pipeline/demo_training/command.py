@@ -1,26 +1,31 @@
-"""Train the project's own small latent diffusion model (the demo model) from packaged photos.
+"""Train the project's own small latent diffusion model (the demo model) from photos that need no download.
 
-One seeded, resumable command trains, in diffusers format:
+One seeded, resumable command trains, in diffusers format, on random crops of the training photos
+(``ldrps_pipeline.demo_training.training_photos``: the packaged ones, and with ``--training-photos
+packaged+debian`` 15 Creative Commons photos of two Debian packages):
 
-1. an ``AutoencoderKL`` (4 latent channels, downsampling factor 4) on random crops of the
-   training photos (``ldrps_pipeline.evaluation.photos.TRAIN_PHOTOS``) with an L1 + MSE + tiny-KL loss; its
-   ``scaling_factor`` is then set to 1 / (measured std of the latents);
-2. a ``UNet2DConditionModel`` with cross-attention (epsilon prediction, Stable Diffusion's
+1. an ``AutoencoderKL`` (``--vae-latent-channels`` latent channels, downsampling factor 4) with an
+   L1 + MSE + tiny-KL loss; its ``scaling_factor`` is then set to 1 / (measured std of the latents);
+2. the perceptual features (``PerceptualFeatures``, VGG16's first two blocks at small widths), distilled
+   from the VAE encoder's first block: the demo model's stand-in for VGG16, so that the perceptual terms
+   of every preset run;
+3. a ``UNet2DConditionModel`` with cross-attention (epsilon prediction, Stable Diffusion's
    scaled-linear noise schedule) jointly with a small ``CLIPTextModel`` and the byte-level
    CLIP tokenizer, on captions of the photos, with the caption dropped (replaced by "") with
    probability 0.15 for classifier-free guidance. The UNet and text encoder that are saved are
    an exponential moving average (EMA) of the trained weights.
 
-Both phases run for a wall-clock budget (``--vae-minutes``, ``--unet-minutes``) or a step count,
+Each phase runs for a wall-clock budget (``--vae-minutes``, ``--perceptual-minutes``, ``--unet-minutes``) or a
+step count,
 with AdamW, linear warm-up and cosine decay driven by the fraction of the budget used, and a final
 part of each phase at a higher crop size (``--hires-size``). Checkpoints are written under
 ``--work-dir``; re-running the same command continues where it stopped. The training curve goes
 to ``<work-dir>/training_log.json``. At the end the VAE's reconstruction PSNR on held-out 128x128
 crops (``ldrps_pipeline.evaluation.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
-``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
+``unet/``, ``text_encoder/``, ``perceptual/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
 
 Presets: ``--preset cpu`` (default) completes in under 60 minutes on a 2-core CPU;
-``--preset gpu`` uses larger batches, crops and budgets for one CUDA GPU (about 30 minutes).
+``--preset gpu`` uses larger widths, batches and crops for one CUDA GPU, in about 10 minutes.
 Every preset value can be overridden by its own option.
 
 On a CPU shared with other processes, set ``OMP_WAIT_POLICY=PASSIVE`` in the shell: with OpenMP's
@@ -42,6 +47,7 @@ from pathlib import Path
 
 from ldrps_pipeline.demo_training.presets import PRESETS
 from ldrps_pipeline.demo_training.training import train
+from ldrps_pipeline.demo_training.training_photos import PHOTO_SOURCES
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -79,13 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("budgets (a phase ends at whichever limit comes first)")
     group.add_argument("--vae-minutes", type=float, help="wall-clock minutes of VAE training")
+    group.add_argument("--perceptual-minutes", type=float, help="wall-clock minutes of perceptual-feature training")
     group.add_argument("--unet-minutes", type=float, help="wall-clock minutes of UNet + text encoder training")
     group.add_argument("--vae-steps", type=int, default=0, help="step limit of the VAE phase (0: none)")
+    group.add_argument("--perceptual-steps", type=int, default=0, help="step limit of the perceptual phase (0: none)")
     group.add_argument("--unet-steps", type=int, default=0, help="step limit of the UNet phase (0: none)")
     group = parser.add_argument_group("sizes")
     group.add_argument("--vae-channels", type=_int_tuple, help="3 comma-separated block widths")
     group.add_argument("--vae-layers", type=int, help="resnet layers per VAE block")
     group.add_argument("--vae-norm-groups", type=int)
+    group.add_argument("--vae-latent-channels", type=int, help="latent channels of the VAE (= UNet input channels)")
+    group.add_argument("--perceptual-channels", type=_int_tuple, help="2 comma-separated widths of the VGG blocks")
     group.add_argument("--unet-channels", type=_int_tuple, help="3 comma-separated block widths")
     group.add_argument("--unet-layers", type=int, help="resnet layers per UNet block")
     group.add_argument("--unet-norm-groups", type=int)
@@ -95,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--text-heads", type=int)
     group.add_argument("--max-mb", type=float, default=40.0, help="limit on all weights together (1e6 bytes)")
     group = parser.add_argument_group("data and optimisation")
+    group.add_argument(
+        "--training-photos",
+        choices=PHOTO_SOURCES,
+        help="packaged: the 9 photos of scikit-image, scikit-learn and matplotlib; packaged+debian: and 15 "
+        "Creative Commons photos of the Debian packages lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04",
+    )
+    group.add_argument(
+        "--debian-photo-root",
+        type=Path,
+        default=Path("/"),
+        help="folder holding usr/share/backgrounds with the Debian photos (default /, where apt installs them; "
+        "elsewhere a folder of `dpkg-deb -x` extractions of the two packages)",
+    )
     group.add_argument("--crop-size", type=int, help="training crop size in pixels (multiple of 16)")
     group.add_argument("--hires-size", type=int, help="crop size of the final part of each phase")
     group.add_argument("--hires-fraction", type=float, help="fraction of each phase at --hires-size (0: off)")
@@ -130,8 +153,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.vae_channels = tuple(args.vae_channels)
     args.unet_channels = tuple(args.unet_channels)
+    args.perceptual_channels = tuple(args.perceptual_channels)
     if len(args.vae_channels) != 3 or len(args.unet_channels) != 3:
         raise SystemExit("--vae-channels and --unet-channels need exactly 3 values")
+    if len(args.perceptual_channels) != 2:
+        raise SystemExit("--perceptual-channels needs exactly 2 values")
     for size in (args.crop_size, args.hires_size):
         if size % 16:
             raise SystemExit("crop sizes must be multiples of 16")

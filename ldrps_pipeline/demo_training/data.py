@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from ldrps_pipeline.demo_training.atomic_files import save_torch
 from ldrps_pipeline.demo_training.compute import Compute
-from ldrps_pipeline.evaluation.photos import CAPTIONS, load_photo
+from ldrps_pipeline.demo_training.training_photos import TrainingPhoto
 
 __all__ = ["LatentBank", "LatentBanks", "PhotoCrops", "caption_token_ids"]
 
@@ -26,11 +27,12 @@ class PhotoCrops:
     jitters brightness, contrast and saturation by up to 10 %.
     """
 
-    def __init__(self, names: tuple[str, ...], device: torch.device, scale_min: float = 0.5) -> None:
-        self.names = names
+    def __init__(self, photos: Sequence[TrainingPhoto], device: torch.device, scale_min: float = 0.5) -> None:
+        self.names = tuple(photo.name for photo in photos)
+        self.captions = tuple(photo.caption for photo in photos)
         self.device = device
         self.scale_min = scale_min
-        self.photos = [torch.from_numpy(load_photo(n)).permute(2, 0, 1).contiguous().to(device) for n in names]
+        self.photos = [torch.from_numpy(photo.image).permute(2, 0, 1).contiguous().to(device) for photo in photos]
 
     def sample(self, batch: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (images of shape (batch, 3, size, size) in [-1, 1], photo indices of shape (batch,))."""
@@ -57,10 +59,9 @@ class PhotoCrops:
         return torch.cat(crops) * 2.0 - 1.0, indices
 
 
-def caption_token_ids(tokenizer: Any, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
-    """Token ids of the photos' captions, one row per photo of ``names``, then a last row for the empty caption."""
-    captions = [CAPTIONS[name] for name in names] + [""]
-    token_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+def caption_token_ids(tokenizer: Any, captions: Sequence[str], device: torch.device) -> torch.Tensor:
+    """Token ids of the photos' captions, one row per caption, then a last row for the empty caption."""
+    token_ids = tokenizer([*captions, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     return token_ids.input_ids.to(device)
 
 

@@ -9,17 +9,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldrps_pipeline.demo_training.training_photos import DEBIAN_PHOTOS, DEBIAN_SHORT_SIDE
 from ldrps_pipeline.evaluation.photos import HELDOUT_PHOTOS, TRAIN_PHOTOS
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 __all__ = ["TRAINED_PARTS", "save_demo_pipeline", "weights_bytes", "write_readme"]
 
-TRAINED_PARTS = ("vae", "unet", "text_encoder")
+TRAINED_PARTS = ("vae", "unet", "text_encoder", "perceptual")
 """The pipeline's components that the training produces weights for."""
 
 
-def save_demo_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, output: Path) -> None:
-    """Save the trained prior as a complete ``LDRPSPipeline`` folder (default aligner and posterior scheduler)."""
+def save_demo_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, perceptual: Any, output: Path) -> None:
+    """Save the trained networks as a complete ``LDRPSPipeline`` folder (default aligner and posterior scheduler)."""
     from diffusers import DDIMScheduler
 
     from ldrps_pipeline.alignment_ldrps import AlignmentModule
@@ -34,6 +35,7 @@ def save_demo_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, o
         scheduler=DDIMScheduler(**STABLE_DIFFUSION_DDIM_CONFIG),
         aligner=AlignmentModule(),
         posterior_scheduler=RecurrentPosteriorScheduler(),
+        perceptual=perceptual.to("cpu", torch.float32),
     )
     pipeline.save_pretrained(output, safe_serialization=True)
 
@@ -41,6 +43,20 @@ def save_demo_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, o
 def weights_bytes(output: Path) -> int:
     """Bytes of the trained parts' safetensors in a saved pipeline folder."""
     return sum(p.stat().st_size for part in TRAINED_PARTS for p in (output / part).rglob("*.safetensors"))
+
+
+def _debian_photo_lines() -> list[str]:
+    """The README's lines that name each Debian photo's source, author and licence."""
+    lines = [
+        f"- and {len(DEBIAN_PHOTOS)} photos of Debian packages, reduced to a shorter side of {DEBIAN_SHORT_SIDE} px "
+        "(`ldrps_pipeline.demo_training.training_photos`; licences and authors as in "
+        "`/usr/share/doc/<package>/copyright`):"
+    ]
+    lines += [
+        f"  - {photo.name}: `{photo.path}` of {photo.package}, by {photo.author}, {photo.licence}"
+        for photo in DEBIAN_PHOTOS
+    ]
+    return lines
 
 
 def _final_mean(entries: list[dict[str, Any]], key: str = "loss") -> float | None:
@@ -64,8 +80,9 @@ def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[s
         "",
         "A small latent diffusion model (VAE + UNet + CLIP text encoder + byte-level tokenizer + DDIM",
         "scheduler with Stable Diffusion's noise schedule) trained from scratch by",
-        "`ldrps_pipeline.demo_training.command` on photos that ship inside scikit-image, scikit-learn and",
-        "matplotlib. It is a toy prior for tests and demonstrations, not a general image model.",
+        "`ldrps_pipeline.demo_training.command` on photos that need no download (below). It is a toy prior for",
+        "tests and demonstrations, not a general image model. Its `perceptual` component is a small stand-in for",
+        "VGG16's perceptual features (see Models), so that the perceptual terms of every preset run.",
         "",
         "## Command",
         "",
@@ -78,24 +95,31 @@ def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[s
         "",
         "## Data",
         "",
-        f"- training photos: {', '.join(TRAIN_PHOTOS)}",
+        f"- training photos (`--training-photos {options.training_photos}`): {', '.join(TRAIN_PHOTOS)} "
+        "(scikit-image, scikit-learn, matplotlib: their packages' licences)",
+        *(_debian_photo_lines() if options.training_photos == "packaged+debian" else []),
         f"- held out (never seen in training): {', '.join(HELDOUT_PHOTOS)}",
         f"- random square crops (side {options.crop_scale_min:g}-1 of the shorter side) resized to "
         f"{options.crop_size}px, the last {options.hires_fraction:.0%} of each phase at {options.hires_size}px; "
         "horizontal flips; brightness/contrast/saturation jitter of up to 10 %",
-        "- captions from `ldrps_pipeline.evaluation.photos.CAPTIONS`, replaced by the empty caption with "
+        "- captions from `ldrps_pipeline.evaluation.photos.CAPTIONS` and "
+        "`ldrps_pipeline.demo_training.training_photos.DEBIAN_PHOTOS`, replaced by the empty caption with "
         f"probability {options.text_dropout:g}",
         "",
         "## Models",
         "",
         "| part | configuration | parameters |",
         "|---|---|---|",
-        f"| vae | AutoencoderKL, blocks {list(options.vae_channels)}, {options.vae_layers} layers/block, 4 latent "
+        f"| vae | AutoencoderKL, blocks {list(options.vae_channels)}, {options.vae_layers} layers/block, "
+        f"{options.vae_latent_channels} latent "
         f"channels, factor 4, scaling_factor {sizes['scaling_factor']:.5f} | {sizes['vae']:,} |",
         f"| unet | UNet2DConditionModel, blocks {list(options.unet_channels)}, {options.unet_layers} layer/block, "
         f"cross-attention dim {options.text_hidden}, epsilon prediction, EMA weights | {sizes['unet']:,} |",
         f"| text_encoder | CLIPTextModel, hidden {options.text_hidden}, {options.text_layers} layers, "
         f"77 positions, EMA weights | {sizes['text_encoder']:,} |",
+        f"| perceptual | PerceptualFeatures (VGG16 `features[:9]` layout) at widths {list(options.perceptual_channels)}, "
+        "distilled from the VAE encoder's first block: a stand-in for VGG16, not VGG16 | "
+        f"{sizes['perceptual']:,} |",
         "| tokenizer | byte-level CLIPTokenizer (`ldrps_pipeline.demo_training.byte_tokenizer`), vocabulary 514 | - |",
         "| scheduler | DDIMScheduler, scaled-linear betas 0.00085-0.012, 1000 steps, leading spacing | - |",
         "",
@@ -109,6 +133,9 @@ def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[s
         f"(AdamW, peak lr {options.vae_lr:g}, L1 + MSE + {options.kl_weight:g} KL), "
         f"final loss {_final_mean(log['vae'])}, "
         f"final training-batch PSNR {_final_mean(log['vae'], 'train_psnr')} dB",
+        f"- perceptual features: {log.get('perceptual_steps')} steps in {log.get('perceptual_minutes')} min "
+        f"(AdamW, peak lr {options.vae_lr:g}, read-out error / target variance), "
+        f"final loss {_final_mean(log['perceptual'])}",
         f"- UNet + text encoder: {log.get('unet_steps')} steps in {log.get('unet_minutes')} min "
         f"(AdamW, peak lr {options.unet_lr:g}, min-SNR gamma {options.snr_gamma:g}, EMA {options.ema_decay:g}), "
         f"final loss {_final_mean(log['unet'])}",

@@ -1,4 +1,4 @@
-"""The demo model's three trained networks, built from the command's options, and their size limit."""
+"""The demo model's four trained networks, built from the command's options, and their size limit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import torch
 
 from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 
-__all__ = ["check_weight_budget", "count_parameters", "make_text_encoder", "make_unet", "make_vae"]
+__all__ = [
+    "check_weight_budget",
+    "count_parameters",
+    "make_perceptual_features",
+    "make_text_encoder",
+    "make_unet",
+    "make_vae",
+]
 
 
 def make_vae(options: argparse.Namespace) -> Any:
-    """The VAE: 3 blocks (downsampling factor 4), 4 latent channels, no attention (fully convolutional)."""
+    """The VAE: 3 blocks (downsampling factor 4), ``--vae-latent-channels`` latent channels, no attention."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -23,7 +30,7 @@ def make_vae(options: argparse.Namespace) -> Any:
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=options.vae_channels,
         layers_per_block=options.vae_layers,
-        latent_channels=4,
+        latent_channels=options.vae_latent_channels,
         norm_num_groups=options.vae_norm_groups,
         sample_size=options.hires_size,
         mid_block_add_attention=False,
@@ -37,8 +44,8 @@ def make_unet(options: argparse.Namespace) -> Any:
 
     return UNet2DConditionModel(
         sample_size=options.hires_size // 4,
-        in_channels=4,
-        out_channels=4,
+        in_channels=options.vae_latent_channels,
+        out_channels=options.vae_latent_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=options.unet_channels,
@@ -68,16 +75,23 @@ def make_text_encoder(options: argparse.Namespace, tokenizer: Any) -> Any:
     return CLIPTextModel(config)
 
 
+def make_perceptual_features(options: argparse.Namespace) -> Any:
+    """The perceptual features: VGG16's first two blocks at ``--perceptual-channels`` widths (a stand-in for VGG16)."""
+    from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
+
+    return PerceptualFeatures(channels=tuple(options.perceptual_channels))
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
 
 
 def check_weight_budget(options: argparse.Namespace) -> dict[str, int]:
-    """Count the parameters of the three networks (built on the meta device, so nothing is allocated).
+    """Count the parameters of the four networks (built on the meta device, so nothing is allocated).
 
     Returns:
-        ``{"vae": ..., "unet": ..., "text_encoder": ...}``.
+        ``{"vae": ..., "unet": ..., "text_encoder": ..., "perceptual": ...}``.
 
     Raises:
         SystemExit: if their fp32 weights would exceed ``--max-mb``.
@@ -87,6 +101,7 @@ def check_weight_budget(options: argparse.Namespace) -> dict[str, int]:
             "vae": count_parameters(make_vae(options)),
             "unet": count_parameters(make_unet(options)),
             "text_encoder": count_parameters(make_text_encoder(options, byte_level_clip_tokenizer())),
+            "perceptual": count_parameters(make_perceptual_features(options)),
         }
     total = 4 * sum(counts.values())
     if total > options.max_mb * 1e6:

@@ -1,4 +1,5 @@
-"""The two training phases: the VAE, then the UNet with the text encoder on the VAE's latents.
+"""The three training phases: the VAE; the perceptual features, distilled from the VAE's encoder; then the
+UNet with the text encoder on the VAE's latents.
 
 Each phase is a :class:`~ldrps_pipeline.demo_training.resumable_loop.PhaseTrainer` (its models, optimiser
 and step) that :func:`~ldrps_pipeline.demo_training.resumable_loop.run_phase` drives, and a function that
@@ -16,13 +17,22 @@ import torch.nn.functional as F
 from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 from ldrps_pipeline.demo_training.compute import Compute
 from ldrps_pipeline.demo_training.data import LatentBanks, PhotoCrops, caption_token_ids
-from ldrps_pipeline.demo_training.models import make_text_encoder, make_unet, make_vae
+from ldrps_pipeline.demo_training.models import make_perceptual_features, make_text_encoder, make_unet, make_vae
 from ldrps_pipeline.demo_training.resumable_loop import PhasePlan, run_phase
 from ldrps_pipeline.demo_training.training_log import TrainingLog
 from ldrps_pipeline.evaluation.metrics import psnr
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
-__all__ = ["Ema", "UnetTrainer", "VaeTrainer", "train_unet", "train_vae"]
+__all__ = [
+    "Ema",
+    "PerceptualTrainer",
+    "UnetTrainer",
+    "VaeTrainer",
+    "train_perceptual",
+    "train_unet",
+    "train_vae",
+    "vae_early_features",
+]
 
 
 class Ema:
@@ -127,8 +137,87 @@ def train_vae(options: argparse.Namespace, compute: Compute, crops: PhotoCrops, 
     return vae
 
 
+def vae_early_features(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """The VAE encoder's features after its first block (half resolution) of images in [-1, 1]."""
+    return vae.encoder.down_blocks[0](vae.encoder.conv_in(images))
+
+
+class PerceptualTrainer:
+    """Phase 2: the demo model's stand-in for VGG16's perceptual features, distilled from the VAE's encoder.
+
+    A :class:`~ldrps_pipeline.perceptual_ldrps.PerceptualFeatures` network (VGG16's first two blocks at
+    ``--perceptual-channels`` widths) and a 1x1 convolution that reads its half-resolution output are trained so
+    that the read-out matches the frozen VAE encoder's features after its first block: the features then hold
+    what the encoder sees of an image's local structure and colour, which is what the perceptual terms compare.
+    The loss is the read-out's squared error over the target's variance (the fraction of it left unexplained).
+    Only the feature network is kept; the read-out is discarded.
+    """
+
+    log_decimals = {"loss": 5}
+
+    def __init__(self, options: argparse.Namespace, compute: Compute, crops: PhotoCrops, vae: Any) -> None:
+        self.compute, self.crops, self.vae = compute, crops, vae
+        torch.manual_seed(options.seed + 20)
+        self.features = make_perceptual_features(options).to(compute.device)
+        widths = vae.config.block_out_channels
+        self.readout = torch.nn.Conv2d(options.perceptual_channels[1], widths[0], 1).to(compute.device)
+        self.parameters = list(self.features.parameters()) + list(self.readout.parameters())
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=options.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+        self.features.train()
+
+    def step(self, batch: int, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step on ``batch`` crops of ``size`` pixels."""
+        x, _ = self.crops.sample(batch, size, generator)
+        with torch.no_grad(), self.compute.autocast():
+            target = vae_early_features(self.vae, x).float()
+        with self.compute.autocast():
+            prediction = self.readout(self.features((x + 1.0) / 2.0)).float()
+        loss = F.mse_loss(prediction, target) / target.var()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimizer.step()
+        return {"loss": loss.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The feature network's, the read-out's and the optimiser's state."""
+        return {
+            "features": self.features.state_dict(),
+            "readout": self.readout.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``."""
+        self.features.load_state_dict(state["features"])
+        self.readout.load_state_dict(state["readout"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def train_perceptual(
+    options: argparse.Namespace, compute: Compute, crops: PhotoCrops, log: TrainingLog, vae: Any
+) -> Any:
+    """Train (or continue) the perceptual features on the frozen ``vae``; returns them, saved to ``<work-dir>``."""
+    trainer = PerceptualTrainer(options, compute, crops, vae)
+    plan = PhasePlan(
+        "perceptual",
+        options.perceptual_minutes,
+        options.perceptual_steps,
+        options.vae_lr,
+        options.vae_batch,
+        options.seed + 21,
+    )
+    progress = run_phase(trainer, plan, options, log, compute.device)
+    features = trainer.features.eval().requires_grad_(False)
+    log.record["perceptual_steps"] = progress.step
+    log.record["perceptual_minutes"] = round(progress.elapsed / 60, 3)
+    features.save_pretrained(options.work_dir / "perceptual")
+    print(f"[perceptual] done: {progress.step} steps", flush=True)
+    return features
+
+
 class UnetTrainer:
-    """Phase 2: the UNet and the text encoder jointly, on latents of the frozen VAE.
+    """Phase 3: the UNet and the text encoder jointly, on latents of the frozen VAE.
 
     Epsilon prediction with Stable Diffusion's noise schedule and min-SNR weighting (``--snr-gamma``); the
     caption is replaced by the empty one with probability ``--text-dropout``; both models keep an EMA.
@@ -150,7 +239,7 @@ class UnetTrainer:
         self.ema = Ema(self.parameters, options.ema_decay)
         self.scheduler = DDIMScheduler(**STABLE_DIFFUSION_DDIM_CONFIG)
         self.alphas = self.scheduler.alphas_cumprod.to(device)
-        self.token_ids = caption_token_ids(self.tokenizer, crops.names, device)
+        self.token_ids = caption_token_ids(self.tokenizer, crops.captions, device)
         self.empty_caption_row = self.token_ids.shape[0] - 1
         self.scaling = float(vae.config.scaling_factor)
         self.banks = LatentBanks(vae, crops, compute, options)

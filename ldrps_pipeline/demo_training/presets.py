@@ -9,11 +9,14 @@ __all__ = ["ARCHITECTURE_KEYS", "PRESETS", "architecture"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "vae_minutes": 18.0,
+        "vae_minutes": 20.0,
+        "perceptual_minutes": 3.0,
         "unet_minutes": 36.0,
         "vae_channels": (32, 64, 64),
         "vae_layers": 2,
         "vae_norm_groups": 8,
+        "vae_latent_channels": 8,
+        "perceptual_channels": (32, 64),
         "unet_channels": (64, 128, 128),
         "unet_layers": 1,
         "unet_norm_groups": 16,
@@ -29,13 +32,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae_lr": 5e-4,
         "unet_lr": 4e-4,
         "latent_bank": 16384,
+        "training_photos": "packaged+debian",
     },
     "gpu": {
-        "vae_minutes": 8.0,
-        "unet_minutes": 22.0,
+        "vae_minutes": 4.0,
+        "perceptual_minutes": 0.5,
+        "unet_minutes": 5.5,
         "vae_channels": (64, 96, 96),
         "vae_layers": 2,
         "vae_norm_groups": 16,
+        "vae_latent_channels": 8,
+        "perceptual_channels": (32, 64),
         "unet_channels": (64, 128, 128),
         "unet_layers": 1,
         "unet_norm_groups": 16,
@@ -51,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae_lr": 5e-4,
         "unet_lr": 4e-4,
         "latent_bank": 65536,
+        "training_photos": "packaged+debian",
     },
 }
 """Default sizes and budgets per preset; every entry can be overridden by its command-line option."""
@@ -59,6 +67,8 @@ ARCHITECTURE_KEYS = (
     "vae_channels",
     "vae_layers",
     "vae_norm_groups",
+    "vae_latent_channels",
+    "perceptual_channels",
     "unet_channels",
     "unet_layers",
     "unet_norm_groups",
@@ -66,9 +76,10 @@ ARCHITECTURE_KEYS = (
     "text_hidden",
     "text_layers",
     "text_heads",
+    "training_photos",
     "seed",
 )
-"""Options that a resumed run must not change (they define the models)."""
+"""Options that a resumed run must not change (they define the models and their data)."""
 
 
 def architecture(options: argparse.Namespace) -> dict[str, Any]:

@@ -12,12 +12,12 @@ from ldrps_pipeline.demo_training.compute import Compute
 from ldrps_pipeline.demo_training.data import PhotoCrops
 from ldrps_pipeline.demo_training.demo_pipeline import save_demo_pipeline, weights_bytes, write_readme
 from ldrps_pipeline.demo_training.models import check_weight_budget
-from ldrps_pipeline.demo_training.phases import train_unet, train_vae
+from ldrps_pipeline.demo_training.phases import train_perceptual, train_unet, train_vae
 from ldrps_pipeline.demo_training.presets import architecture
 from ldrps_pipeline.demo_training.resumable_loop import StopRequested
 from ldrps_pipeline.demo_training.training_log import TrainingLog
+from ldrps_pipeline.demo_training.training_photos import training_photos
 from ldrps_pipeline.demo_training.vae_evaluation import heldout_vae_psnr
-from ldrps_pipeline.evaluation.photos import TRAIN_PHOTOS
 
 __all__ = ["train"]
 
@@ -46,7 +46,8 @@ def train(options: argparse.Namespace) -> dict[str, Any]:
     }
     log.record["command"] = options.command
     print(f"device {device_name}, precision {compute.precision}, parameters {counts}", flush=True)
-    crops = PhotoCrops(TRAIN_PHOTOS, compute.device, options.crop_scale_min)
+    photos = training_photos(options.training_photos, options.debian_photo_root)
+    crops = PhotoCrops(photos, compute.device, options.crop_scale_min)
     try:
         if (options.work_dir / "vae" / "config.json").exists():
             from diffusers import AutoencoderKL
@@ -60,6 +61,14 @@ def train(options: argparse.Namespace) -> dict[str, Any]:
             log.save()
         vae.requires_grad_(False)
         vae.eval()
+        if (options.work_dir / "perceptual" / "config.json").exists():
+            from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
+
+            perceptual = PerceptualFeatures.from_pretrained(options.work_dir / "perceptual").to(compute.device)
+            print("[perceptual] already trained; loaded from the work dir", flush=True)
+        else:
+            perceptual = train_perceptual(options, compute, crops, log, vae)
+            log.save()
         unet, text_encoder, tokenizer = train_unet(options, compute, crops, log, vae)
     except StopRequested:
         log.save()
@@ -68,7 +77,7 @@ def train(options: argparse.Namespace) -> dict[str, Any]:
 
     log.record["vae_heldout_psnr"] = heldout_vae_psnr(vae, compute.device, options.eval_crops)
     options.output.mkdir(parents=True, exist_ok=True)
-    save_demo_pipeline(vae, text_encoder, tokenizer, unet, options.output)
+    save_demo_pipeline(vae, text_encoder, tokenizer, unet, perceptual, options.output)
     size = weights_bytes(options.output)
     if size > options.max_mb * 1e6:
         raise SystemExit(f"the saved weights take {size / 1e6:.1f} MB, over --max-mb {options.max_mb}")

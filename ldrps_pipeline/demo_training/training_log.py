@@ -38,6 +38,7 @@ class TrainingLog:
             record = {
                 "architecture": architecture,
                 "vae": [],
+                "perceptual": [],
                 "unet": [],
                 "wall_seconds": 0.0,
                 "parameters": parameters,

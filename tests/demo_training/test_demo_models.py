@@ -13,17 +13,19 @@ from ldrps_pipeline.demo_training.presets import PRESETS
 def test_presets_fit_the_size_limit(preset: str) -> None:
     args = parse_args(["--output", "o", "--work-dir", "w", "--preset", preset])
     counts = check_weight_budget(args)
-    assert set(counts) == {"vae", "unet", "text_encoder"}
+    assert set(counts) == {"vae", "unet", "text_encoder", "perceptual"}
     assert 4 * sum(counts.values()) <= 40e6
 
 
 def test_weight_budget_counts_what_the_networks_hold() -> None:
-    args = argparse.Namespace(vae_channels=(8, 16, 16), vae_layers=1, vae_norm_groups=4, hires_size=32)
+    args = argparse.Namespace(
+        vae_channels=(8, 16, 16), vae_layers=1, vae_norm_groups=4, vae_latent_channels=8, hires_size=32
+    )
     vae = make_vae(args)
     args = parse_args(["--output", "o", "--work-dir", "w", "--vae-channels", "8,16,16", "--vae-layers", "1"])
     args.vae_norm_groups = 4
     assert check_weight_budget(args)["vae"] == count_parameters(vae)
-    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 3
+    assert vae.config.latent_channels == 8 and len(vae.config.block_out_channels) == 3
 
 
 def test_weight_budget_refuses_models_over_the_limit() -> None:

@@ -13,11 +13,14 @@ TINY = [
     "--vae-channels", "8,16,16",
     "--vae-layers", "1",
     "--vae-norm-groups", "4",
+    "--vae-latent-channels", "8",
     "--unet-channels", "16,32,32",
     "--unet-norm-groups", "8",
     "--unet-heads", "2",
     "--text-hidden", "16",
     "--text-layers", "1",
+    "--perceptual-channels", "4,8",
+    "--training-photos", "packaged",
     "--crop-size", "32",
     "--hires-size", "48",
     "--hires-fraction", "0.5",
@@ -27,6 +30,7 @@ TINY = [
     "--log-every", "1",
     "--eval-crops", "1",
     "--vae-steps", "4",
+    "--perceptual-steps", "2",
     "--unet-steps", "4",
     "--device", "cpu",
 ]  # fmt: skip
@@ -41,10 +45,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
     assert main(argv) == 0  # VAE steps 1-3, then stops
     assert (work / "vae_checkpoint.pt").exists()
     assert not (work / "vae").exists() and not output.exists()
-    assert main(argv) == 0  # VAE step 4, UNet steps 1-3
-    assert (work / "vae" / "config.json").exists() and (work / "unet_checkpoint.pt").exists()
+    assert main(argv) == 0  # VAE step 4, perceptual steps 1-2, UNet steps 1-3
+    assert (work / "vae" / "config.json").exists() and (work / "perceptual" / "config.json").exists()
+    assert (work / "unet_checkpoint.pt").exists()
     assert not output.exists()
-    assert main(argv) == 0  # UNet step 4, then the output
+    assert main(argv) == 0  # UNet step 4 (the VAE and perceptual features load from the work dir), the output
     return output, work, argv
 
 
@@ -52,10 +57,11 @@ def test_resumed_run_continues_instead_of_restarting(trained: tuple[Path, Path, 
     _, work, _ = trained
     log = json.loads((work / "training_log.json").read_text())
     assert [r["step"] for r in log["vae"]] == [1, 2, 3, 4]
+    assert [r["step"] for r in log["perceptual"]] == [1, 2]
     assert [r["step"] for r in log["unet"]] == [1, 2, 3, 4]
-    assert log["vae_steps"] == 4 and log["unet_steps"] == 4
+    assert log["vae_steps"] == 4 and log["perceptual_steps"] == 2 and log["unet_steps"] == 4
     assert log["done"] is True
-    assert all(r["loss"] > 0 for r in log["vae"] + log["unet"])
+    assert all(r["loss"] > 0 for r in log["vae"] + log["perceptual"] + log["unet"])
     # the last part of each phase runs at the higher crop size with a smaller batch
     assert log["vae"][-1]["size"] == 48 and log["vae"][0]["size"] == 32
     assert log["unet"][-1]["batch"] < log["unet"][0]["batch"]
@@ -76,7 +82,7 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
     from transformers import CLIPTextModel, CLIPTokenizer
 
     output, _, _ = trained
-    for part in ("vae", "unet", "text_encoder"):
+    for part in ("vae", "unet", "text_encoder", "perceptual"):
         assert list((output / part).glob("*.safetensors")), part
     vae = AutoencoderKL.from_pretrained(output / "vae")
     unet = UNet2DConditionModel.from_pretrained(output / "unet")
@@ -84,7 +90,8 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
     tokenizer = CLIPTokenizer.from_pretrained(output / "tokenizer")
     scheduler = DDIMScheduler.from_pretrained(output / "scheduler")
 
-    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 3
+    assert vae.config.latent_channels == unet.config.in_channels == unet.config.out_channels == 8
+    assert len(vae.config.block_out_channels) == 3
     assert vae.config.scaling_factor != 1.0 and vae.config.scaling_factor > 0
     assert unet.config.cross_attention_dim == text_encoder.config.hidden_size == 16
     assert "CrossAttnDownBlock2D" in unet.config.down_block_types
@@ -98,6 +105,8 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
 
     pipe = LDRPSPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.perceptual.config.channels == [4, 8]  # the stand-in for VGG16 is a component of the model
+    assert pipe.perceptual(torch.rand(1, 3, 8, 8)).shape == (1, 8, 4, 4)
     restored = pipe(torch.rand(1, 3, 12, 8), prompt="", num_inference_steps=2, recurrences=0, output_type="pt")
     assert restored.images.shape == (1, 3, 12, 8)
 
@@ -107,7 +116,7 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
         assert states.shape == (2, 77, 16)
         image = torch.rand(2, 3, 32, 32) * 2 - 1
         latents = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
-        assert latents.shape == (2, 4, 8, 8)
+        assert latents.shape == (2, 8, 8, 8)
         eps = unet(latents, torch.tensor([10, 500]), states).sample
         assert eps.shape == latents.shape and torch.isfinite(eps).all()
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
@@ -141,7 +150,11 @@ def test_unset_options_come_from_the_preset_and_set_ones_override_it() -> None:
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [(["--vae-channels", "8,16"], "exactly 3 values"), (["--crop-size", "40"], "multiples of 16")],
+    [
+        (["--vae-channels", "8,16"], "exactly 3 values"),
+        (["--perceptual-channels", "8"], "exactly 2 values"),
+        (["--crop-size", "40"], "multiples of 16"),
+    ],
 )
 def test_bad_sizes_are_refused_with_a_clear_error(option: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):

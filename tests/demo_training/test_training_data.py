@@ -10,14 +10,17 @@ from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenize
 from ldrps_pipeline.demo_training.compute import Compute
 from ldrps_pipeline.demo_training.data import LatentBank, LatentBanks, PhotoCrops, caption_token_ids
 from ldrps_pipeline.demo_training.models import make_vae
+from ldrps_pipeline.demo_training.training_photos import TrainingPhoto
+from ldrps_pipeline.evaluation.photos import CAPTIONS, load_photo
 
 NAMES = ("astronaut", "china")
+PHOTOS = [TrainingPhoto(name, CAPTIONS[name], load_photo(name)) for name in NAMES]
 CPU_FP32 = Compute(torch.device("cpu"), bf16=False)
 
 
 @pytest.fixture(scope="module")
 def crops() -> PhotoCrops:
-    return PhotoCrops(NAMES, torch.device("cpu"))
+    return PhotoCrops(PHOTOS, torch.device("cpu"))
 
 
 def test_crops_are_seeded_augmented_squares_in_range(crops: PhotoCrops) -> None:
@@ -34,7 +37,7 @@ def test_crops_are_seeded_augmented_squares_in_range(crops: PhotoCrops) -> None:
 
 def test_caption_table_ends_with_the_empty_caption() -> None:
     tokenizer = byte_level_clip_tokenizer()
-    ids = caption_token_ids(tokenizer, NAMES, torch.device("cpu"))
+    ids = caption_token_ids(tokenizer, [photo.caption for photo in PHOTOS], torch.device("cpu"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     assert ids.shape == (3, 77)
     assert torch.equal(ids[2], empty) and not torch.equal(ids[0], ids[1])
@@ -42,7 +45,11 @@ def test_caption_table_ends_with_the_empty_caption() -> None:
 
 def test_latent_banks_are_encoded_once_and_reloaded(crops: PhotoCrops, tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
-    vae = make_vae(argparse.Namespace(vae_channels=(8, 8, 8), vae_layers=1, vae_norm_groups=4, hires_size=32))
+    vae = make_vae(
+        argparse.Namespace(
+            vae_channels=(8, 8, 8), vae_layers=1, vae_norm_groups=4, vae_latent_channels=4, hires_size=32
+        )
+    )
     options = argparse.Namespace(work_dir=tmp_path, crop_size=16, latent_bank=10, seed=0)
     banks = LatentBanks(vae, crops, CPU_FP32, options)
     small, large = banks[16], banks[32]

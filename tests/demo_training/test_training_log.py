@@ -11,7 +11,7 @@ from ldrps_pipeline.demo_training.training_log import TrainingLog
 
 def test_a_reopened_log_continues_and_adds_up_the_wall_clock(tmp_path: Path) -> None:
     log = TrainingLog.open(tmp_path, {"seed": 1}, {"vae": 3})
-    assert list(log.record) == ["architecture", "vae", "unet", "wall_seconds", "parameters"]
+    assert list(log.record) == ["architecture", "vae", "perceptual", "unet", "wall_seconds", "parameters"]
     log.record["vae"].append({"step": 1})
     log.record["wall_seconds"] = 100.0  # as if an earlier invocation had taken 100 s
     log.write()
