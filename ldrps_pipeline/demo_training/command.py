@@ -20,7 +20,10 @@ step count,
 with AdamW, linear warm-up and cosine decay driven by the fraction of the budget used, and a final
 part of each phase at a higher crop size (``--hires-size``). Checkpoints are written under
 ``--work-dir``; re-running the same command continues where it stopped. The training curve goes
-to ``<work-dir>/training_log.json``. At the end the VAE's reconstruction PSNR on held-out 128x128
+to ``<work-dir>/training_log.json``. The work dir is the resume state of one machine; ``--init-from FOLDER``
+starts every network from a saved demo model instead (fresh optimisers and schedules), so that short runs on
+machines that do not keep their files (a lent GPU) accumulate through the committed
+``ldrps_pipeline/demo_model``. At the end the VAE's reconstruction PSNR on held-out 128x128
 crops (``ldrps_pipeline.evaluation.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
 ``unet/``, ``text_encoder/``, ``perceptual/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
 
@@ -74,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, required=True, help="folder for checkpoints and logs")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="default sizes and budgets")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights of this saved demo model (e.g. ldrps_pipeline/demo_model) instead of random "
+        "ones, with fresh optimisers: training accumulates across machines whose work dirs are lost",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument(

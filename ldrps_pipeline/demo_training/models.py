@@ -12,6 +12,7 @@ from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenize
 __all__ = [
     "check_weight_budget",
     "count_parameters",
+    "load_initial_weights",
     "make_perceptual_features",
     "make_text_encoder",
     "make_unet",
@@ -80,6 +81,41 @@ def make_perceptual_features(options: argparse.Namespace) -> Any:
     from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
 
     return PerceptualFeatures(channels=tuple(options.perceptual_channels))
+
+
+def load_initial_weights(module: torch.nn.Module, options: argparse.Namespace, part: str) -> None:
+    """With ``--init-from FOLDER``, load ``part``'s weights from that saved demo model (a warm start).
+
+    This is how training accumulates across machines whose work dirs do not survive: a run starts from the
+    committed demo model (``ldrps_pipeline/demo_model``) with fresh optimisers and schedules. Without
+    ``--init-from`` nothing happens.
+
+    Raises:
+        SystemExit: when the folder lacks the part's weights or they do not fit the networks the options build.
+    """
+    if options.init_from is None:
+        return
+    from safetensors.torch import load_file
+
+    files = sorted((options.init_from / part).glob("*.safetensors"))
+    if len(files) != 1:
+        raise SystemExit(
+            f"--init-from {options.init_from}: expected one .safetensors file in {part}/, found {len(files)}"
+        )
+    state = load_file(files[0])
+    own = module.state_dict()
+    mismatched = sorted(
+        set(own) ^ set(state) | {key for key in set(own) & set(state) if own[key].shape != state[key].shape}
+    )
+    # Non-persistent buffers (CLIP's position ids) are rebuilt by the module and may be absent from the file.
+    mismatched = [key for key in mismatched if key in state or key in dict(module.named_parameters())]
+    if mismatched:
+        raise SystemExit(
+            f"--init-from {options.init_from}: its {part} does not fit the networks of these options "
+            f"({len(mismatched)} tensors differ, e.g. {mismatched[0]}); give the options it was trained with"
+        )
+    module.load_state_dict(state, strict=False)
+    print(f"[{part}] initialised from {files[0]}", flush=True)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
 from ldrps_pipeline.demo_training.compute import Compute
 from ldrps_pipeline.demo_training.data import LatentBanks, PhotoCrops, caption_token_ids
-from ldrps_pipeline.demo_training.models import make_perceptual_features, make_text_encoder, make_unet, make_vae
+from ldrps_pipeline.demo_training.models import (
+    load_initial_weights,
+    make_perceptual_features,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
 from ldrps_pipeline.demo_training.resumable_loop import PhasePlan, run_phase
 from ldrps_pipeline.demo_training.training_log import TrainingLog
 from ldrps_pipeline.evaluation.metrics import psnr
@@ -79,6 +85,7 @@ class VaeTrainer:
         self.compute, self.crops, self.kl_weight = compute, crops, options.kl_weight
         torch.manual_seed(options.seed)
         self.vae = make_vae(options).to(compute.device)
+        load_initial_weights(self.vae, options, "vae")
         self.optimizer = torch.optim.AdamW(
             self.vae.parameters(), lr=options.vae_lr, weight_decay=0.0, betas=(0.9, 0.99)
         )
@@ -159,6 +166,7 @@ class PerceptualTrainer:
         self.compute, self.crops, self.vae = compute, crops, vae
         torch.manual_seed(options.seed + 20)
         self.features = make_perceptual_features(options).to(compute.device)
+        load_initial_weights(self.features, options, "perceptual")
         widths = vae.config.block_out_channels
         self.readout = torch.nn.Conv2d(options.perceptual_channels[1], widths[0], 1).to(compute.device)
         self.parameters = list(self.features.parameters()) + list(self.readout.parameters())
@@ -234,6 +242,8 @@ class UnetTrainer:
         torch.manual_seed(options.seed + 10)
         self.unet = make_unet(options).to(device)
         self.text_encoder = make_text_encoder(options, self.tokenizer).to(device)
+        load_initial_weights(self.unet, options, "unet")
+        load_initial_weights(self.text_encoder, options, "text_encoder")
         self.parameters = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.optimizer = torch.optim.AdamW(self.parameters, lr=options.unet_lr, weight_decay=0.01, betas=(0.9, 0.99))
         self.ema = Ema(self.parameters, options.ema_decay)

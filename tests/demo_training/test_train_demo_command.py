@@ -7,6 +7,13 @@ import pytest
 import torch
 
 from ldrps_pipeline.demo_training.command import main, parse_args
+from ldrps_pipeline.demo_training.models import (
+    load_initial_weights,
+    make_perceptual_features,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
 from ldrps_pipeline.scheduling_ldrps import STABLE_DIFFUSION_DDIM_CONFIG
 
 TINY = [
@@ -125,6 +132,40 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
     readme = (output / "README.md").read_text()
     assert "ldrps-train-demo" in readme and "held-out" in readme and "dB" in readme
     assert "chelsea" in readme
+
+
+def test_init_from_starts_each_network_from_a_saved_model(trained: tuple[Path, Path, list[str]], capsys) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from ldrps_pipeline.demo_training.byte_tokenizer import byte_level_clip_tokenizer
+    from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
+
+    output, _, _ = trained
+    options = parse_args(["--output", "o", "--work-dir", "w", *TINY, "--init-from", str(output)])
+    saved = {
+        "vae": AutoencoderKL.from_pretrained(output / "vae"),
+        "unet": UNet2DConditionModel.from_pretrained(output / "unet"),
+        "text_encoder": CLIPTextModel.from_pretrained(output / "text_encoder"),
+        "perceptual": PerceptualFeatures.from_pretrained(output / "perceptual"),
+    }
+    built = {
+        "vae": make_vae(options),
+        "unet": make_unet(options),
+        "text_encoder": make_text_encoder(options, byte_level_clip_tokenizer()),
+        "perceptual": make_perceptual_features(options),
+    }
+    for part, module in built.items():
+        load_initial_weights(module, options, part)
+        for key, value in saved[part].state_dict().items():
+            assert torch.equal(module.state_dict()[key], value), (part, key)
+    assert capsys.readouterr().out.count("initialised from") == 4
+
+    other = parse_args(["--output", "o", "--work-dir", "w", *TINY, "--init-from", str(output), "--unet-layers", "2"])
+    with pytest.raises(SystemExit, match="its unet does not fit the networks of these options"):
+        load_initial_weights(make_unet(other), other, "unet")
+    with pytest.raises(SystemExit, match="expected one .safetensors file in tokenizer/"):
+        load_initial_weights(make_vae(options), options, "tokenizer")
 
 
 def test_changed_architecture_refuses_to_resume(trained: tuple[Path, Path, list[str]]) -> None:
