@@ -35,12 +35,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training_photos": "packaged+debian",
     },
     "gpu": {
-        "vae_minutes": 4.0,
+        "vae_minutes": 3.0,
         "perceptual_minutes": 0.5,
-        "unet_minutes": 5.5,
-        "vae_channels": (64, 96, 96),
+        "unet_minutes": 4.5,
+        "vae_channels": (32, 64, 64),
         "vae_layers": 2,
-        "vae_norm_groups": 16,
+        "vae_norm_groups": 8,
         "vae_latent_channels": 8,
         "perceptual_channels": (32, 64),
         "unet_channels": (64, 128, 128),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet_norm_groups": 16,
         "unet_heads": 4,
         "text_hidden": 64,
-        "text_layers": 3,
+        "text_layers": 2,
         "text_heads": 2,
         "crop_size": 128,
         "hires_size": 256,
@@ -61,7 +61,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training_photos": "packaged+debian",
     },
 }
-"""Default sizes and budgets per preset; every entry can be overridden by its command-line option."""
+"""Default sizes and budgets per preset; every entry can be overridden by its command-line option.
+
+Both presets build the same networks (the ``ARCHITECTURE_KEYS``): they differ in crops, batches and budgets
+only, so a run of either can continue from a model of the other with ``--init-from``. The ``gpu`` preset's
+budgets (8 minutes in all) leave room, in one 10-minute command on a lent GPU, for loading and saving."""
 
 ARCHITECTURE_KEYS = (
     "vae_channels",

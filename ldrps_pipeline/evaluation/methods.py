@@ -58,17 +58,19 @@ def ldrps_method(
     steps: int | None,
     recurrences: int | None,
     operator: Operator | None = None,
+    empty_prompt: bool = False,
 ) -> Method:
     """An LD-RPS :class:`Method` that runs ``pipe`` with the posterior scheduler ``posterior``.
 
     ``steps`` and ``recurrences`` of ``None`` take ``posterior``'s own values. The prompt is ``""`` unless ``pipe``
-    has a captioner, which then writes it (where ``posterior`` uses captions). With a known ``operator`` in place
+    has a captioner, which then writes it (where ``posterior`` uses captions); ``empty_prompt`` gives ``""``
+    even then (the paper's ablation without the prompt). With a known ``operator`` in place
     of the learned alignment network the method is an oracle (it is given the degradation). ``pipe`` is left as it
     was after every call.
     """
 
     def restore(degraded: Tensor, seed: int | None) -> Tensor:
-        captioned = pipe.captioner is not None
+        captioned = pipe.captioner is not None and not empty_prompt
         with swapped_posterior_scheduler(pipe, posterior):
             output = pipe(
                 degraded,

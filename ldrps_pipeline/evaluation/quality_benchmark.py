@@ -16,6 +16,9 @@ for these methods:
   haze and rain);
 - ``ldrps-guidance-off``: preset ``"default"`` with ``posterior_scale = 0``: the prior alone, which
   only sees the input through the captioner's prompt (without a captioner: an unconditional sample);
+- the paper's ablations of ``ldrps-default``: ``ldrps-no-recurrence`` (pass 0 only) and, where the pipeline
+  has a captioner, ``ldrps-no-prompt`` (the empty prompt; without a captioner ``ldrps-default`` already
+  runs with it);
 - the classical baselines of :func:`~ldrps_pipeline.evaluation.baselines.get_baselines`; an oracle (a baseline
   given the true degradation) is marked in the table.
 
@@ -169,6 +172,12 @@ def methods_for(pipe: LDRPSPipeline, degradation: str, config: BenchmarkConfig) 
         )
     prior_only = pipe.posterior_scheduler.with_preset("default", posterior_scale=0.0)
     methods.append(ldrps_method(pipe, "ldrps-guidance-off", prior_only, config.steps, config.recurrences))
+    default = pipe.posterior_scheduler.with_preset("default", **guided)
+    methods.append(ldrps_method(pipe, "ldrps-no-recurrence", default, config.steps, 0))
+    if pipe.captioner is not None:
+        methods.append(
+            ldrps_method(pipe, "ldrps-no-prompt", default, config.steps, config.recurrences, empty_prompt=True)
+        )
     for name, baseline in get_baselines(degradation):
         methods.append(Method(name, lambda degraded, seed, f=baseline: f(degraded), oracle="oracle" in name))
     return methods

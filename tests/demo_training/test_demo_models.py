@@ -6,7 +6,7 @@ import pytest
 
 from ldrps_pipeline.demo_training.command import parse_args
 from ldrps_pipeline.demo_training.models import check_weight_budget, count_parameters, make_vae
-from ldrps_pipeline.demo_training.presets import PRESETS
+from ldrps_pipeline.demo_training.presets import ARCHITECTURE_KEYS, PRESETS, architecture
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -15,6 +15,14 @@ def test_presets_fit_the_size_limit(preset: str) -> None:
     counts = check_weight_budget(args)
     assert set(counts) == {"vae", "unet", "text_encoder", "perceptual"}
     assert 4 * sum(counts.values()) <= 40e6
+
+
+def test_the_presets_build_the_same_networks_so_either_continues_the_other() -> None:
+    cpu, gpu = (parse_args(["--output", "o", "--work-dir", "w", "--preset", name]) for name in ("cpu", "gpu"))
+    assert architecture(cpu) == architecture(gpu)
+    assert set(architecture(cpu)) == set(ARCHITECTURE_KEYS)
+    assert (gpu.crop_size, gpu.vae_batch) != (cpu.crop_size, cpu.vae_batch)
+    assert gpu.vae_minutes + gpu.perceptual_minutes + gpu.unet_minutes <= 8.0
 
 
 def test_weight_budget_counts_what_the_networks_hold() -> None:

@@ -11,7 +11,7 @@ from command_line import refused as refused_by_argparse
 from ldrps_pipeline.evaluation import quality_benchmark as benchmark
 from ldrps_pipeline.evaluation.degradations import get_degradation
 from ldrps_pipeline.evaluation.methods import evaluate_method
-from ldrps_pipeline.evaluation.metrics import ssim_y
+from ldrps_pipeline.evaluation.metrics import psnr, ssim_y
 from ldrps_pipeline.evaluation.quality_benchmark import BenchmarkConfig, Crop, methods_for, run_benchmark
 from ldrps_pipeline.evaluation.results import format_table, write_json
 from tiny_components import tiny_image, tiny_pipeline
@@ -26,19 +26,28 @@ EXPECTED_ROWS = [
     ("noise", "ldrps-denoise"),
     ("noise", "ldrps-known-operator (oracle)"),
     ("noise", "ldrps-guidance-off"),
+    ("noise", "ldrps-no-recurrence"),
     ("noise", "nl-means"),
     ("noise", "tv-chambolle"),
     ("blur", "input"),
     ("blur", "ldrps-default"),
     ("blur", "ldrps-known-operator (oracle)"),
     ("blur", "ldrps-guidance-off"),
+    ("blur", "ldrps-no-recurrence"),
     ("blur", "richardson-lucy-oracle (oracle)"),
     ("grayscale", "input"),
     ("grayscale", "ldrps-default"),
     ("grayscale", "ldrps-known-operator (oracle)"),
     ("grayscale", "ldrps-guidance-off"),
+    ("grayscale", "ldrps-no-recurrence"),
 ]
-STOCHASTIC = {"ldrps-default", "ldrps-denoise", "ldrps-known-operator (oracle)", "ldrps-guidance-off"}
+STOCHASTIC = {
+    "ldrps-default",
+    "ldrps-denoise",
+    "ldrps-known-operator (oracle)",
+    "ldrps-guidance-off",
+    "ldrps-no-recurrence",
+}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +136,25 @@ def test_the_known_operator_oracle_runs_where_the_degradation_has_an_operator(pi
         assert len(known) == len(CONFIG.seeds) and all(k.psnr != n.psnr for k, n in zip(known, learned, strict=True))
     # Haze's random transmission map has no known operator.
     assert "ldrps-known-operator" not in {m.name for m in methods_for(pipe, "haze", CONFIG)}
+
+
+def test_the_ablations_are_the_default_without_recurrence_and_with_the_empty_prompt(pipe, results):
+    degraded = get_degradation("noise")(CROP.image, benchmark.degradation_seed("noise", CROP.name))
+    direct = pipe(
+        degraded,
+        prompt="",
+        num_inference_steps=3,
+        recurrences=0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(1),
+    ).images
+    (recorded,) = [r for r in records_of(results, "noise", "ldrps-no-recurrence") if r.seed == 1]
+    assert recorded.psnr == pytest.approx(float(psnr(direct, CROP.image)[0]), abs=1e-9)
+    # Without a captioner the default already runs with the empty prompt: no separate row.
+    assert "ldrps-no-prompt" not in {m.name for m in methods_for(pipe, "noise", CONFIG)}
+    captioned = tiny_pipeline()
+    captioned.captioner = object()  # only its presence is read when the methods are listed
+    assert "ldrps-no-prompt" in {m.name for m in methods_for(captioned, "noise", CONFIG)}
 
 
 def test_seeds_are_reproducible(pipe, results):

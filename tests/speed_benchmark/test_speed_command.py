@@ -31,6 +31,8 @@ CONFIGS = [
     "fast+compile",
     "paper+compile-small-networks",
 ]
+QUICK = ["--steps-measured", "1", "--warmup", "1", "--check-steps", "2", "--breakdown-steps", "2"]
+"""The shortest run: for the tests that check what a run records, not the figures of the checks."""
 PROFILED_ROWS = {"paper", "paper+cudnn-autotune", "paper+compile", "paper+compile-small-networks"}
 """The rows whose guided step is timed phase by phase and profiled."""
 
@@ -170,7 +172,7 @@ def test_large_input_out_of_memory_retries_with_the_tiled_decoder(tmp_path, monk
     monkeypatch.setattr(row_functions, "measure", measure_or_run_out_of_memory)
     skip = [row for row in OPTIONAL_ROWS if row != "paper@large"]
     with contextlib.redirect_stdout(io.StringIO()) as output:
-        assert main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *skip]) == 0
+        assert main(["--tiny", *QUICK, "--json", str(tmp_path / "s.json"), "--skip", *skip]) == 0
     by_name = {row["name"]: row for row in json.loads((tmp_path / "s.json").read_text())["rows"]}
     assert by_name["paper@64"]["vae_tiling"] and "paper@64 (tiled VAE)" in output.getvalue()
     # Tiling was on for the retry only, and off again for the rows after it.
@@ -186,7 +188,7 @@ def test_a_failing_compile_mode_is_recorded_and_the_next_mode_is_tried(tmp_path,
         return compile_function(function, **options)
 
     monkeypatch.setattr(torch, "compile", no_cuda_graphs)
-    argv = ["--tiny", "--steps-measured", "1", "--skip", *OPTIONAL_ROWS, "--compile-backend", "eager"]
+    argv = ["--tiny", *QUICK, "--skip", *OPTIONAL_ROWS, "--compile-backend", "eager"]
     with contextlib.redirect_stdout(io.StringIO()) as output:
         status = main([*argv, "--json", str(tmp_path / "a.json"), "--compile", "reduce-overhead", "default"])
     results = json.loads((tmp_path / "a.json").read_text())
@@ -210,7 +212,7 @@ def test_a_failing_profiler_is_recorded_and_the_run_goes_on(tmp_path, monkeypatc
 
     monkeypatch.setattr(row_functions, "profile_guided_steps", no_profiler)
     with contextlib.redirect_stdout(io.StringIO()) as output:
-        status = main(["--tiny", "--steps-measured", "1", "--json", str(tmp_path / "s.json"), "--skip", *OPTIONAL_ROWS])
+        status = main(["--tiny", *QUICK, "--json", str(tmp_path / "s.json"), "--skip", *OPTIONAL_ROWS])
     results = json.loads((tmp_path / "s.json").read_text())
     assert status == 0 and results["complete"] and results["rows"][-1]["name"] == "fast"
     assert "CUPTI unavailable" in results["checks"]["paper_profile_error"]
@@ -282,7 +284,7 @@ def test_checks_are_reported(run):
 def test_skip_leaves_out_the_optional_rows(tmp_path, capsys):
     path = tmp_path / "speed.json"
     optional = list(OPTIONAL_ROWS)
-    assert main(["--tiny", "--steps-measured", "1", "--skip", *optional, "--json", str(path)]) == 0
+    assert main(["--tiny", *QUICK, "--skip", *optional, "--json", str(path)]) == 0
     results = json.loads(path.read_text())
     assert [row["name"] for row in results["rows"]] == ["reference", "paper", "paper-50+1", "fast"]
     assert results["settings"]["skipped"] == optional
