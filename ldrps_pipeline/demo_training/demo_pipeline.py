@@ -59,6 +59,20 @@ def _debian_photo_lines() -> list[str]:
     return lines
 
 
+def _curve_lines(log: dict[str, Any], rows: int = 6) -> list[str]:
+    """A markdown table of ``rows`` evenly spaced entries of each phase's curve (step, minutes, size, metrics)."""
+    lines = ["| phase | step | minutes | crop | loss | training-batch PSNR (dB) |", "|---|---|---|---|---|---|"]
+    for phase in ("vae", "perceptual", "unet"):
+        entries = log.get(phase, [])
+        picks = sorted({round(i * (len(entries) - 1) / (rows - 1)) for i in range(rows)}) if entries else []
+        for entry in (entries[i] for i in picks):
+            psnr = entry.get("train_psnr", "-")
+            lines.append(
+                f"| {phase} | {entry['step']} | {entry['minutes']} | {entry['size']} | {entry['loss']} | {psnr} |"
+            )
+    return [*lines, ""]
+
+
 def _final_mean(entries: list[dict[str, Any]], key: str = "loss") -> float | None:
     """Mean of ``key`` over the last 4 log entries (None for an empty curve)."""
     values = [entry[key] for entry in entries[-4:]]
@@ -143,7 +157,9 @@ def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[s
         f"- **VAE reconstruction PSNR on held-out 128x128 crops** ({options.eval_crops} per held-out photo, "
         f"`heldout_crops(128, {options.eval_crops}, seed=0)`): **{log.get('vae_heldout_psnr'):.2f} dB**",
         "",
-        "The training curve is in `training_log.json` of the work dir.",
+        "The whole training curve is in `training_log.json` of the work dir; sampled here (each value the mean",
+        "of one logging window):",
         "",
+        *_curve_lines(log),
     ]
     (options.output / "README.md").write_text("\n".join(lines))

@@ -132,6 +132,9 @@ def test_output_loads_in_diffusers_format(trained: tuple[Path, Path, list[str]])
     readme = (output / "README.md").read_text()
     assert "ldrps-train-demo" in readme and "held-out" in readme and "dB" in readme
     assert "chelsea" in readme
+    assert "| perceptual | PerceptualFeatures" in readme and "a stand-in for VGG16" in readme
+    # The sampled curve: every logged step of these 4-step phases, one row each.
+    assert "| vae | 4 |" in readme and "| perceptual | 2 |" in readme and "| unet | 1 |" in readme
 
 
 def test_init_from_starts_each_network_from_a_saved_model(trained: tuple[Path, Path, list[str]], capsys) -> None:
