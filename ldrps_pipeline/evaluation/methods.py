@@ -26,6 +26,8 @@ from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 class Method:
     """A restoration method: ``restore(degraded, seed)`` returns the restored (1, 3, H, W) image.
 
+    LD-RPS methods also take a batch (N, 3, H, W): each image is restored as it would be alone with ``seed``.
+
     ``stochastic`` methods run once per seed; the others run once, with ``seed=None``.
     ``oracle`` marks a method that is given the true degradation.
     """
@@ -78,7 +80,8 @@ def ldrps_method(
                 num_inference_steps=steps,
                 recurrences=recurrences,
                 operator=operator,
-                generator=torch.Generator().manual_seed(seed),
+                # One generator per image: each image gets the draws it would get alone with this seed.
+                generator=[torch.Generator().manual_seed(seed) for _ in range(degraded.shape[0])],
                 output_type="pt",
             )
         return output.images.cpu()

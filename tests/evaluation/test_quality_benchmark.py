@@ -157,6 +157,14 @@ def test_the_ablations_are_the_default_without_recurrence_and_with_the_empty_pro
     assert "ldrps-no-prompt" in {m.name for m in methods_for(captioned, "noise", CONFIG)}
 
 
+def test_an_ldrps_method_restores_a_batch_as_each_image_alone(pipe):
+    method = next(m for m in methods_for(pipe, "noise", CONFIG) if m.name == "ldrps-default")
+    images = torch.cat([CROP.image, tiny_image(32, 32, seed=3)])
+    batch = method.restore(images, 1)
+    for i in range(2):
+        assert torch.allclose(batch[i : i + 1], method.restore(images[i : i + 1], 1), atol=1e-5)
+
+
 def test_seeds_are_reproducible(pipe, results):
     method = next(m for m in methods_for(pipe, "noise", CONFIG) if m.name == "ldrps-denoise")
     degraded = get_degradation("noise")(CROP.image, benchmark.degradation_seed("noise", CROP.name))
