@@ -11,7 +11,9 @@
 # `run` writes to $OUT: demo_model/ (the trained pipeline folder with its README and training_log.json),
 # train.txt, benchmark.json and benchmark.txt. Copy $OUT/demo_model over ldrps_pipeline/demo_model to land it.
 # INIT_FROM (default ldrps_pipeline/demo_model; "none": random weights) is the model it continues from: the
-# committed one, so that runs on machines that keep nothing accumulate through the repository.
+# committed one, so that runs on machines that keep nothing accumulate through the repository. Its networks must be
+# those of the options: the bundled model of 2026-11-26 has 4 latent channels, so continue it with
+# `run --vae-latent-channels 4` (its missing perceptual features then start from random weights).
 # BENCH_ARGS replaces the benchmark's options (default: noise and low light, 128 px, 100 + 1 x 50 steps,
 # seeds 0 and 1); BENCH_ARGS=skip leaves the benchmark out.
 set -uo pipefail

@@ -88,7 +88,8 @@ def load_initial_weights(module: torch.nn.Module, options: argparse.Namespace, p
 
     This is how training accumulates across machines whose work dirs do not survive: a run starts from the
     committed demo model (``ldrps_pipeline/demo_model``) with fresh optimisers and schedules. Without
-    ``--init-from`` nothing happens.
+    ``--init-from`` nothing happens; a part the folder does not have (a model saved before its perceptual phase
+    existed) starts from random weights, as said on the console.
 
     Raises:
         SystemExit: when the folder lacks the part's weights or they do not fit the networks the options build.
@@ -97,6 +98,9 @@ def load_initial_weights(module: torch.nn.Module, options: argparse.Namespace, p
         return
     from safetensors.torch import load_file
 
+    if not (options.init_from / part).is_dir():
+        print(f"[{part}] not in {options.init_from}: starts from random weights", flush=True)
+        return
     files = sorted((options.init_from / part).glob("*.safetensors"))
     if len(files) != 1:
         raise SystemExit(

@@ -169,6 +169,12 @@ def test_init_from_starts_each_network_from_a_saved_model(trained: tuple[Path, P
         load_initial_weights(make_unet(other), other, "unet")
     with pytest.raises(SystemExit, match="expected one .safetensors file in tokenizer/"):
         load_initial_weights(make_vae(options), options, "tokenizer")
+    # A part the saved model lacks starts from random weights.
+    fresh = make_perceptual_features(options)
+    before = {key: value.clone() for key, value in fresh.state_dict().items()}
+    load_initial_weights(fresh, options, "no_such_part")
+    assert all(torch.equal(before[key], value) for key, value in fresh.state_dict().items())
+    assert "[no_such_part] not in" in capsys.readouterr().out
 
 
 def test_changed_architecture_refuses_to_resume(trained: tuple[Path, Path, list[str]]) -> None:

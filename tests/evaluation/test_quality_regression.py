@@ -7,11 +7,12 @@ the prior alone (guidance off) averaged over seeds 0, 1 and 2. An unguided sampl
 so its PSNR is a random draw; its mean over seeds is the stable thing to beat.
 
 MEASURED holds the gains of seeds 0-4 with the demo model of THRESHOLDS_MEASURED_ON (2-core CPU), from
-``gains`` below, the test's own code. Each threshold is the smallest measured gain minus twice the standard
-deviation over those seeds, rounded down to 0.1 dB: a run of seed 0 that falls below it is further from the
-measurements than the seed-to-seed spread explains.
+``gains`` below, the test's own code. Each threshold is the mean measured gain minus twice the standard
+deviation over those seeds, rounded down to 0.1 dB, and never below 0 (the guided result must beat what it is
+compared with): a run of seed 0 below it is further from the measurements than the seed-to-seed spread explains.
 """
 
+import math
 import statistics
 
 import pytest
@@ -33,17 +34,21 @@ PRIOR_SEEDS = (0, 1, 2)
 GUIDED = {"noise": "ldrps-denoise", "lowlight": "ldrps-default"}
 """The LD-RPS variant checked per degradation: the one the benchmark shows to help there."""
 
-THRESHOLDS_MEASURED_ON = "2026-12-02"
+THRESHOLDS_MEASURED_ON = "2026-12-02, with the demo model of 2026-11-26 (prior mean 10.51 dB)"
 MEASURED = {
     # degradation: (gains over the input, gains over the prior's mean over PRIOR_SEEDS), seeds 0-4, dB
+    "noise": ([2.78, 3.13, 3.53, 3.51, 2.63], [11.34, 11.69, 12.1, 12.08, 11.19]),  # means 3.12 / 11.68, std 0.41
+    "lowlight": ([0.99, 1.28, 0.54, 1.43, 1.66], [0.69, 0.99, 0.25, 1.14, 1.37]),  # means 1.18 / 0.89, std 0.43
 }
-MIN_GAIN_OVER_INPUT = {}
-MIN_GAIN_OVER_PRIOR = {}
+MIN_GAIN_OVER_INPUT = {"noise": 2.2, "lowlight": 0.3}
+MIN_GAIN_OVER_PRIOR = {"noise": 10.8, "lowlight": 0.0}
+"""Low light over the prior is thin (a dark input and a random sample score alike, about 10.2-10.5 dB): its
+threshold is the floor, 0: the guided result must still beat the prior's mean."""
 
 
 def threshold(gains: list[float]) -> float:
-    """The smallest gain minus twice the spread, rounded down to 0.1 dB."""
-    return int(10 * (min(gains) - 2 * statistics.stdev(gains)) - 1e-9) / 10
+    """The mean gain minus twice its standard deviation over seeds, rounded down to 0.1 dB, at least 0."""
+    return max(0.0, math.floor(10 * (statistics.mean(gains) - 2 * statistics.stdev(gains))) / 10)
 
 
 @pytest.fixture(scope="module")
@@ -104,4 +109,4 @@ def test_thresholds_follow_from_the_measurements():
 def test_ldrps_beats_the_input_and_the_prior_alone(pipe, crops, prior_psnr, degradation):
     over_input, over_prior = gains(pipe, crops, degradation, CONFIG.seeds[0], prior_psnr)
     assert over_input >= MIN_GAIN_OVER_INPUT[degradation], over_input
-    assert over_prior >= MIN_GAIN_OVER_PRIOR[degradation], over_prior
+    assert over_prior >= MIN_GAIN_OVER_PRIOR[degradation] and over_prior > 0, over_prior
