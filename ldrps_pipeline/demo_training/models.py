@@ -92,7 +92,8 @@ def load_initial_weights(module: torch.nn.Module, options: argparse.Namespace, p
     existed) starts from random weights, as said on the console.
 
     Raises:
-        SystemExit: when the folder lacks the part's weights or they do not fit the networks the options build.
+        SystemExit: when the part's folder holds other than one weights file, or its weights do not fit the networks
+            the options build.
     """
     if options.init_from is None:
         return

@@ -21,6 +21,7 @@ OPTIONS = argparse.Namespace(
     perceptual_channels=(8, 16),
     vae_lr=3e-3,
     seed=0,
+    init_from=None,
 )
 
 
