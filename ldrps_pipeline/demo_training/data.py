@@ -28,7 +28,6 @@ class PhotoCrops:
     """
 
     def __init__(self, photos: Sequence[TrainingPhoto], device: torch.device, scale_min: float = 0.5) -> None:
-        self.names = tuple(photo.name for photo in photos)
         self.captions = tuple(photo.caption for photo in photos)
         self.device = device
         self.scale_min = scale_min

@@ -167,8 +167,8 @@ class PerceptualTrainer:
         torch.manual_seed(options.seed + 20)
         self.features = make_perceptual_features(options).to(compute.device)
         load_initial_weights(self.features, options, "perceptual")
-        widths = vae.config.block_out_channels
-        self.readout = torch.nn.Conv2d(options.perceptual_channels[1], widths[0], 1).to(compute.device)
+        first_block_width = vae.config.block_out_channels[0]
+        self.readout = torch.nn.Conv2d(options.perceptual_channels[1], first_block_width, 1).to(compute.device)
         self.parameters = list(self.features.parameters()) + list(self.readout.parameters())
         self.optimizer = torch.optim.AdamW(self.parameters, lr=options.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.features.train()
