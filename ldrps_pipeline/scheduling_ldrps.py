@@ -234,9 +234,10 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         exposure_color_start: the gate of the exposure and colour terms.
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
         aligner_loss_weights: ``(w_mse, w_pse, w_adv)`` of the online training of ``f``. The default
-            ``(3.0, 0.1, 0.1)`` was chosen among three candidates on crops of training photos
-            (``examples/development/tune_default_preset.py``): a strong identity term keeps ``f`` from absorbing
-            noise, blur, rain and colour loss, so the guidance pulls harder there.
+            ``(3.0, 0.1, 0.01)`` was chosen on crops of training photos with the demo model
+            (``examples/development/tune_default_preset.py``; README, "Presets"): a strong identity term and a
+            weak adversarial one keep ``f`` from absorbing noise, blur, rain and colour loss, so the guidance
+            pulls harder there.
         aligner_perceptual_cap: while guidance is on, an ``f``-training perceptual term above this...
         aligner_perceptual_cap_factor: ...is multiplied by this.
         f_discriminator_lr_residual: Adam lr of ``D_f`` with the residual alignment module.
@@ -268,7 +269,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         color_weight: float = 1e-3,
         exposure_color_start: int = 100,
         exposure_patch_size: int = 32,
-        aligner_loss_weights: tuple[float, float, float] = (3.0, 0.1, 0.1),
+        aligner_loss_weights: tuple[float, float, float] = (3.0, 0.1, 0.01),
         aligner_perceptual_cap: float = 10.0,
         aligner_perceptual_cap_factor: float = 0.2,
         f_discriminator_lr_residual: float = 1e-4,

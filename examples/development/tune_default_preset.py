@@ -26,13 +26,37 @@ from ldrps_pipeline.evaluation.quality_benchmark import degradation_seed
 from ldrps_pipeline.hub.loading import load_pipeline
 from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
+IDENTITY_3 = (3.0, 0.1, 0.1)
+ADV_0_001 = (3.0, 0.1, 0.001)
+ALL_GUIDED_STEPS = 700  # an exposure / colour gate at the guidance gate: the terms weigh at every guided step
+
 CANDIDATES = {
     "identity-1": {"aligner_loss_weights": (1.0, 0.1, 0.1)},
-    "identity-3": {"aligner_loss_weights": (3.0, 0.1, 0.1)},
+    "identity-3": {"aligner_loss_weights": IDENTITY_3},
     "identity-3-adv-0.4": {"aligner_loss_weights": (3.0, 0.1, 0.4)},
+    "identity-3-no-exposure-colour": {"aligner_loss_weights": IDENTITY_3, "exposure_weight": 0.0, "color_weight": 0.0},
+    "identity-3-scale-20000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 20000.0},
+    "identity-3-scale-80000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 80000.0},
+    "f-adv-0.001": {"aligner_loss_weights": ADV_0_001},
+    "f-adv-0.01": {"aligner_loss_weights": (3.0, 0.1, 0.01)},
+    "f-identity-1-adv-0.001": {"aligner_loss_weights": (1.0, 0.1, 0.001)},
+    "f-adv-0.001-no-exposure-colour": {"aligner_loss_weights": ADV_0_001, "exposure_weight": 0.0, "color_weight": 0.0},
+    "f-adv-0.001-exposure-colour-1e-2": {
+        "aligner_loss_weights": ADV_0_001,
+        "exposure_weight": 1e-2,
+        "color_weight": 1e-2,
+    },
+    "f-adv-0.001-exposure-1e-1-all-steps": {
+        "aligner_loss_weights": ADV_0_001,
+        "exposure_weight": 1e-1,
+        "color_weight": 0.0,
+        "exposure_color_start": ALL_GUIDED_STEPS,
+    },
 }
-"""Overrides of the posterior scheduler's config, by name. ``identity-1`` was the default before this
-comparison; ``identity-3`` won it and is the shipped default."""
+"""Overrides of the model's posterior scheduler config, by name (each names its ``f`` loss weights, so that it
+means the same whatever the shipped default). Two comparisons were run with the demo model of 2026-11-26
+(README, "Presets"): ``identity-1``, the default before the first, lost to ``identity-3``; ``identity-3``,
+the default until 2026-12-02, lost to ``f-adv-0.01``, the shipped default since."""
 
 
 def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -45,6 +69,13 @@ def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.T
         name: torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
         for name, array in zip(photos, arrays, strict=True)
     }
+
+
+@torch.no_grad()
+def encode(pipe, image: torch.Tensor) -> torch.Tensor:
+    """The scaled latent (posterior mode) of ``image`` in [0, 1]: ``pipe.decode`` of it is the VAE's reconstruction."""
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
+    return (pipe.vae.encode(image * 2 - 1).latent_dist.mode() - shift) * pipe.vae.config.scaling_factor
 
 
 def main() -> None:
@@ -69,6 +100,9 @@ def main() -> None:
         degraded = {
             name: get_degradation(degradation)(x, degradation_seed(degradation, name)) for name, x in crops.items()
         }
+        results.setdefault("vae-reconstruction", {})[degradation] = statistics.fmean(
+            float(psnr(pipe.decode(encode(pipe, x), args.size, args.size).clamp(0, 1), x)) for x in crops.values()
+        )
         results.setdefault("input", {})[degradation] = statistics.fmean(
             float(psnr(degraded[name], crops[name])) for name in crops
         )
