@@ -1,4 +1,4 @@
-"""Quality regression: LD-RPS with the bundled demo model beats the degraded input and the prior alone.
+"""Quality regression: LD-RPS with the bundled demo model beats the degraded input (and, on noise, the prior alone).
 
 Runs the benchmark's own methods (``ldrps_pipeline.evaluation.quality_benchmark``) on the three held-out crops
 (chelsea, coffee, rocket; 32x32, as one batch: each crop is restored as it would be alone), 100 steps +
@@ -34,16 +34,20 @@ PRIOR_SEEDS = (0, 1, 2)
 GUIDED = {"noise": "ldrps-denoise", "lowlight": "ldrps-default"}
 """The LD-RPS variant checked per degradation: the one the benchmark shows to help there."""
 
-THRESHOLDS_MEASURED_ON = "2026-12-02, with the demo model of 2026-11-26 (prior mean 10.51 dB)"
+THRESHOLDS_MEASURED_ON = (
+    "2026-12-02, with the demo model of 2026-11-26 (prior mean 10.51 dB); low light with the default of 2026-12-02 "
+    "(f loss weights [3.0, 0.1, 0.01])"
+)
 MEASURED = {
     # degradation: (gains over the input, gains over the prior's mean over PRIOR_SEEDS), seeds 0-4, dB
     "noise": ([2.78, 3.13, 3.53, 3.51, 2.63], [11.34, 11.69, 12.1, 12.08, 11.19]),  # means 3.12 / 11.68, std 0.41
-    "lowlight": ([0.99, 1.28, 0.54, 1.43, 1.66], [0.69, 0.99, 0.25, 1.14, 1.37]),  # means 1.18 / 0.89, std 0.43
+    "lowlight": ([0.14, 0.31, 0.19, 0.33, 0.45], [-0.15, 0.01, -0.11, 0.04, 0.16]),  # means 0.28 / -0.01, std 0.12
 }
-MIN_GAIN_OVER_INPUT = {"noise": 2.2, "lowlight": 0.3}
-MIN_GAIN_OVER_PRIOR = {"noise": 10.8, "lowlight": 0.0}
-"""Low light over the prior is thin (a dark input and a random sample score alike, about 10.2-10.5 dB): its
-threshold is the floor, 0: the guided result must still beat the prior's mean."""
+MIN_GAIN_OVER_INPUT = {"noise": 2.2, "lowlight": 0.0}
+MIN_GAIN_OVER_PRIOR = {"noise": 10.8}
+"""Low light is not checked against the prior: with the default of 2026-12-02 a guided result and a random sample of
+the prior score alike there (-0.01 +- 0.12 dB, both about 10.5 dB), a loss the README's Quality section states.
+The guided result must still beat the dark input (threshold 0, the floor)."""
 
 
 def threshold(gains: list[float]) -> float:
@@ -101,12 +105,16 @@ def prior_psnr(pipe, crops):
 def test_thresholds_follow_from_the_measurements():
     for degradation, (over_input, over_prior) in MEASURED.items():
         assert MIN_GAIN_OVER_INPUT[degradation] == threshold(over_input)
-        assert MIN_GAIN_OVER_PRIOR[degradation] == threshold(over_prior)
+        if degradation in MIN_GAIN_OVER_PRIOR:
+            assert MIN_GAIN_OVER_PRIOR[degradation] == threshold(over_prior)
+        else:  # left unchecked only where the measurements do not show a gain
+            assert statistics.mean(over_prior) - 2 * statistics.stdev(over_prior) < 0
     assert set(MEASURED) == set(CONFIG.degradations)
 
 
 @pytest.mark.parametrize("degradation", CONFIG.degradations)
 def test_ldrps_beats_the_input_and_the_prior_alone(pipe, crops, prior_psnr, degradation):
     over_input, over_prior = gains(pipe, crops, degradation, CONFIG.seeds[0], prior_psnr)
-    assert over_input >= MIN_GAIN_OVER_INPUT[degradation], over_input
-    assert over_prior >= MIN_GAIN_OVER_PRIOR[degradation] and over_prior > 0, over_prior
+    assert over_input >= MIN_GAIN_OVER_INPUT[degradation] and over_input > 0, over_input
+    if degradation in MIN_GAIN_OVER_PRIOR:
+        assert over_prior >= MIN_GAIN_OVER_PRIOR[degradation] and over_prior > 0, over_prior
