@@ -96,13 +96,14 @@ def main() -> None:
     base = pipe.posterior_scheduler
     crops = training_crops(args.photos, args.size, seed=0)
     results: dict[str, dict[str, float]] = {}
+    vae_psnr = statistics.fmean(
+        float(psnr(pipe.decode(encode(pipe, x), args.size, args.size).clamp(0, 1), x)) for x in crops.values()
+    )
     for degradation in args.degradations:
         degraded = {
             name: get_degradation(degradation)(x, degradation_seed(degradation, name)) for name, x in crops.items()
         }
-        results.setdefault("vae-reconstruction", {})[degradation] = statistics.fmean(
-            float(psnr(pipe.decode(encode(pipe, x), args.size, args.size).clamp(0, 1), x)) for x in crops.values()
-        )
+        results.setdefault("vae-reconstruction", {})[degradation] = vae_psnr
         results.setdefault("input", {})[degradation] = statistics.fmean(
             float(psnr(degraded[name], crops[name])) for name in crops
         )
