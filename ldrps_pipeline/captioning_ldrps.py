@@ -190,3 +190,39 @@ def captioner_on(model: Any, device: torch.device | str) -> Iterator[None]:
     finally:
         if moves:
             model.to("cpu")
+
+
+class PromptCaptioning:
+    """Step 1 of :class:`LDRPSPipeline` (ALGORITHM.md, "Components: text prompt"): the prompts of a call, given or
+    written by the captioner. A mixin of the pipeline, which supplies the ``captioner`` and ``captioner_processor``
+    components, ``image_processor``, the config's ``caption_instruction`` and ``caption_max_new_tokens``, and
+    ``_warn_once``."""
+
+    def _prompts(self, prompts: list[str] | None, degraded: torch.Tensor, posterior: Any) -> list[str]:
+        """The given prompts, else the captioner's (when the call's posterior scheduler, ``posterior``, uses
+        captions: its config's ``use_caption``), else ``""``."""
+        if prompts is not None:
+            return prompts
+        if posterior.config.use_caption and self.captioner is not None:
+            return self.caption(degraded)
+        if posterior.config.use_caption:
+            self._warn_once("no captioner", "No prompt and no captioner: restoring with the empty prompt.")
+        return [""] * degraded.shape[0]
+
+    def caption(self, images: torch.Tensor) -> list[str]:
+        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows, with the
+        config's ``caption_instruction`` and ``caption_max_new_tokens``.
+
+        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for the
+        batch's captions and back to the CPU right after, so that it holds no accelerator memory while sampling
+        (:func:`captioner_on`; inside an outer ``captioner_on`` block it stays where it is).
+        """
+        pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
+        with captioner_on(self.captioner, self._execution_device):
+            return caption_images(
+                self.captioner,
+                self.captioner_processor,
+                pil_images,
+                instruction=self.config.caption_instruction,
+                max_new_tokens=self.config.caption_max_new_tokens,
+            )

@@ -1,7 +1,8 @@
 # Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
-# `run_step_end_callback` is adapted from the callback handling of diffusers' StableDiffusionPipeline
+# `PromptEncoding.encode_prompt` and `run_step_end_callback` are adapted from the prompt encoding and the callback
+# handling of diffusers' StableDiffusionPipeline
 # (Copyright The HuggingFace Team, Apache License 2.0).
-"""The UNet's text conditioning during an LD-RPS call (the rows of classifier-free guidance, CFG, and the guided
+"""The UNet's text conditioning during an LD-RPS call (the prompts' embeddings, the rows of classifier-free guidance, CFG, and the guided
 prediction they give) and diffusers' step-end callbacks, which may replace the embeddings or switch CFG on or off.
 
 This module imports no sibling module, so the Hub export can copy it beside the pipeline file.
@@ -46,6 +47,31 @@ class TextConditioning:
         if cfg and negative_prompt_embeds is not None and not torch.equal(negative_prompt_embeds, prompt_embeds):
             cfg_embeds = torch.cat([negative_prompt_embeds.repeat_interleave(num_samples, dim=0), cond])
         return cls(prompt_embeds, negative_prompt_embeds, num_samples, cfg_embeds)
+
+
+class PromptEncoding:
+    """Step 2 of :class:`LDRPSPipeline` (ALGORITHM.md, "Components: CFG"): the text embeddings of a call's prompts.
+    A mixin of the pipeline, which supplies the ``tokenizer`` and ``text_encoder`` components and
+    ``do_classifier_free_guidance``."""
+
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings of the prompts and, with classifier-free guidance, of the negative prompts."""
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            tokens = self.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            return self.text_encoder(tokens.input_ids.to(device))[0]
+
+        prompt_embeds = encode(prompts)
+        negative_prompt_embeds = encode(negative_prompts) if self.do_classifier_free_guidance else None
+        return prompt_embeds, negative_prompt_embeds
 
 
 def classifier_free_prediction(

@@ -1,5 +1,5 @@
 # Copyright 2026 The ldrps-pipeline authors. Licensed under the Apache License, Version 2.0.
-# Parts of `encode_prompt`, the callback handling and the properties are adapted from diffusers'
+# The properties and the callback arguments are adapted from diffusers'
 # StableDiffusionPipeline (Copyright The HuggingFace Team, Apache License 2.0).
 """LD-RPS: zero-shot unified image restoration by latent-diffusion recurrent posterior sampling.
 
@@ -7,6 +7,7 @@
 section of ALGORITHM.md that its step implements. What a denoising step does beyond the UNet and DDIM (the
 training of the alignment states and the posterior guidance: gate, loss terms, gradient, shift of sample 0)
 is :meth:`~guidance_ldrps.PosteriorGuidance.posterior_guidance`, read in order in ``guidance_ldrps.py``;
+the prompts of steps 1 and 2 come from ``captioning_ldrps.PromptCaptioning`` and ``conditioning_ldrps.PromptEncoding``;
 the speed and memory options (``enable_torch_compile``, out-of-memory advice) come from ``options_ldrps.py``;
 xformers is diffusers' opt-in ``enable_xformers_memory_efficient_attention()``. "Guidance"
 alone means the posterior guidance; classifier-free guidance is "CFG" (its scale is diffusers'
@@ -37,8 +38,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .alignment_ldrps import AlignmentModule, AlignmentTrainer
 from .attention_ldrps import DecoderAttnProcessor, use_vae_attention
-from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, caption_images, captioner_on, check_instruction
+from .captioning_ldrps import CAPTION_MAX_NEW_TOKENS, PromptCaptioning, check_instruction
 from .conditioning_ldrps import (
+    PromptEncoding,
     StepEndCallback,
     TextConditioning,
     check_callback_tensor_inputs,
@@ -90,7 +92,7 @@ class LDRPSPipelineOutput(BaseOutput):
     prompts: list[str]
 
 
-class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline):
+class LDRPSPipeline(PromptCaptioning, PromptEncoding, PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline):
     """Zero-shot unified image restoration with a text-to-image latent diffusion prior (LD-RPS).
 
     A captioner describes what the clean image should show; DDIM sampling from noise is steered
@@ -261,55 +263,6 @@ class LDRPSPipeline(PosteriorGuidance, SpeedAndMemoryOptions, DiffusionPipeline)
                 f"training are left out: {HOW_TO_GET_PERCEPTUAL_FEATURES}.",
             )
         return posterior
-
-    def _prompts(
-        self, prompts: list[str] | None, degraded: torch.Tensor, posterior: RecurrentPosteriorScheduler
-    ) -> list[str]:
-        """The given prompts, else the captioner's (when the posterior scheduler uses captions), else ``""``."""
-        if prompts is not None:
-            return prompts
-        if posterior.config.use_caption and self.captioner is not None:
-            return self.caption(degraded)
-        if posterior.config.use_caption:
-            self._warn_once("no captioner", "No prompt and no captioner: restoring with the empty prompt.")
-        return [""] * degraded.shape[0]
-
-    def caption(self, images: torch.Tensor) -> list[str]:
-        """Ask the captioner what the clean version of each image (B, 3, H, W in [0, 1]) shows, with the
-        config's ``caption_instruction`` and ``caption_max_new_tokens``.
-
-        On an accelerator, a captioner that is not under diffusers' offload hooks is moved there for the
-        batch's captions and back to the CPU right after, so that it holds no accelerator memory while sampling
-        (``captioning_ldrps.captioner_on``; inside an outer ``captioner_on`` block it stays where it is).
-        """
-        pil_images = self.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
-        with captioner_on(self.captioner, self._execution_device):
-            return caption_images(
-                self.captioner,
-                self.captioner_processor,
-                pil_images,
-                instruction=self.config.caption_instruction,
-                max_new_tokens=self.config.caption_max_new_tokens,
-            )
-
-    def encode_prompt(
-        self, prompts: list[str], negative_prompts: list[str], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings of the prompts and, with classifier-free guidance, of the negative prompts."""
-
-        def encode(texts: list[str]) -> torch.Tensor:
-            tokens = self.tokenizer(
-                texts,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            return self.text_encoder(tokens.input_ids.to(device))[0]
-
-        prompt_embeds = encode(prompts)
-        negative_prompt_embeds = encode(negative_prompts) if self.do_classifier_free_guidance else None
-        return prompt_embeds, negative_prompt_embeds
 
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
         """The latent size covering ``height x width`` pixels, padded to what the UNet's downsampling needs."""
