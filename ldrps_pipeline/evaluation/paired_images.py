@@ -272,7 +272,9 @@ def run_pairs_benchmark(
             for method in methods:
                 bar.set_postfix_str(f"{pair.name} {method.name}")
                 for score in evaluate_method(method, pair.clean, pair.degraded, config.seeds, lpips):
-                    results.records.append(Record(config.name, method.name, pair.name, **asdict(score)))
+                    results.records.append(
+                        Record(**asdict(score), degradation=config.name, method=method.name, image=pair.name)
+                    )
                     bar.update()
     results.notes.append(describe_run(config, len(pair_set.images)))
     results.notes.append(LPIPS_MISSING_NOTE if lpips is None else f"LPIPS: AlexNet, computed by {lpips.package}.")

@@ -226,7 +226,9 @@ def run_benchmark(
                 for method in methods:
                     bar.set_postfix_str(f"{degradation} {crop.name} {method.name}")
                     for score in evaluate_method(method, crop.image, degraded, config.seeds):
-                        results.records.append(Record(degradation, method.name, crop.name, **asdict(score)))
+                        results.records.append(
+                            Record(**asdict(score), degradation=degradation, method=method.name, image=crop.name)
+                        )
                         bar.update()
     results.notes.append(describe_run(config, len(crops)))
     results.environment["seconds"] = round(time.perf_counter() - start, 1)

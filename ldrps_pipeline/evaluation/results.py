@@ -31,9 +31,9 @@ class Score:
     lpips: float | None = None
 
 
-@dataclass(frozen=True)
-class Record:
-    """One scored restoration of one degraded image.
+@dataclass(frozen=True, kw_only=True)
+class Record(Score):
+    """One scored restoration of one degraded image: its :class:`Score` and what was restored.
 
     ``degradation`` is the degradation's name for the held-out crops, the pairs' label for your own pairs; ``image``
     names the clean image (``"<photo>/<index>"`` for a crop, the shared file stem for a pair).
@@ -42,11 +42,6 @@ class Record:
     degradation: str
     method: str
     image: str
-    seed: int | None
-    psnr: float
-    ssim_y: float
-    seconds: float
-    lpips: float | None = None
 
 
 @dataclass(frozen=True)
