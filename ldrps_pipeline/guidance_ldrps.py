@@ -239,6 +239,10 @@ class PosteriorState:
         backward_scale: the factor the guidance loss is multiplied by for its backward, the gradient being divided
             by it again in float32 (loss scaling, as mixed-precision training does): 1 except with a float16
             decoder (:func:`float16_backward_scale`).
+        aligner_warmup_steps: the training steps the alignment states have taken, at least, when the guidance
+            first uses them (``RecurrentPosteriorScheduler``'s field of that name); the first guided step takes the
+            steps missing.
+        alignment_steps: the training steps the alignment states have taken so far in this call.
     """
 
     trainers: Sequence[ImageAlignment]
@@ -251,13 +255,19 @@ class PosteriorState:
     learns_alignment: bool = True
     non_finite: NonFiniteFlags | None = None
     backward_scale: float = 1.0
+    aligner_warmup_steps: int = 0
+    alignment_steps: int = 0
 
     def train_alignment(self, estimates: torch.Tensor, cap_perceptual: bool) -> None:
         """ALGORITHM.md, "Alignment module", steps 1-2, for every image: one Adam step of ``D_f``, then one of ``f``, on the
         estimates of all its samples (``estimates``: (B, S, 3, H, W), detached); ``cap_perceptual`` below the
-        guidance gate."""
-        for trainer, image_estimates, y in zip(self.trainers, estimates, self.degraded.split(1), strict=True):
-            trainer.train_step(image_estimates, y, cap_perceptual=cap_perceptual)
+        guidance gate, where the first step also takes the warm-up steps still missing
+        (:attr:`aligner_warmup_steps`) on the same estimates."""
+        steps = max(1, self.aligner_warmup_steps - self.alignment_steps) if cap_perceptual else 1
+        for _ in range(steps):
+            for trainer, image_estimates, y in zip(self.trainers, estimates, self.degraded.split(1), strict=True):
+                trainer.train_step(image_estimates, y, cap_perceptual=cap_perceptual)
+        self.alignment_steps += steps
 
     def loss(
         self, estimates: torch.Tensor, weights: LossWeights, degraded_features: torch.Tensor | None = None

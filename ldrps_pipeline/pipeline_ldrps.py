@@ -353,6 +353,7 @@ class LDRPSPipeline(PromptCaptioning, PromptEncoding, PosteriorGuidance, SpeedAn
             learns_alignment=learns_alignment,
             non_finite=non_finite,
             backward_scale=float16_backward_scale(height, width, scale) if self.vae.dtype == torch.float16 else 1.0,
+            aligner_warmup_steps=posterior.config.aligner_warmup_steps,
         )
 
     def _noise(self, generators: list, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -167,6 +167,7 @@ def check_config(config: Any) -> None:
         "reference_pixels": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
         "exposure_color_start": ("an integer >= 0", lambda v: is_integer_at_least(v, 0)),
         "exposure_patch_size": ("an integer >= 1", lambda v: is_integer_at_least(v, 1)),
+        "aligner_warmup_steps": ("an integer >= 0", lambda v: is_integer_at_least(v, 0)),
         "aligner_loss_weights": (
             "three finite numbers >= 0",
             lambda v: isinstance(v, list | tuple) and len(v) == 3 and all(is_finite_number(w) for w in v),
@@ -238,6 +239,12 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
             (``examples/development/tune_default_preset.py``; README, "Presets"): a strong identity term and a
             weak adversarial one keep ``f`` from absorbing noise, blur, rain and colour loss, so the guidance
             pulls harder there.
+        aligner_warmup_steps: the training steps ``f`` (and ``D_f``) have taken, at least, when the guidance first
+            uses ``f``: at the first step below ``guidance_start``, the steps missing are taken there, on that
+            step's estimates. The default, 100, is what the paper's 450-step schedule gives ``f`` above the gate
+            (one step per denoising step), so it changes nothing there; a shorter schedule (100 steps: 30 above
+            the gate; ``fast``: 15) would otherwise guide with an ``f`` still far from identity (after 30 steps
+            from its random start, ``f(x)`` is 15-22 dB from ``x``; after 100, 24-27 dB). 0: no warm-up.
         aligner_perceptual_cap: while guidance is on, an ``f``-training perceptual term above this...
         aligner_perceptual_cap_factor: ...is multiplied by this.
         f_discriminator_lr_residual: Adam lr of ``D_f`` with the residual alignment module.
@@ -270,6 +277,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         exposure_color_start: int = 100,
         exposure_patch_size: int = 32,
         aligner_loss_weights: tuple[float, float, float] = (3.0, 0.1, 0.01),
+        aligner_warmup_steps: int = 100,
         aligner_perceptual_cap: float = 10.0,
         aligner_perceptual_cap_factor: float = 0.2,
         f_discriminator_lr_residual: float = 1e-4,

@@ -93,7 +93,9 @@ def tiny_components(seed: int = 0, perceptual: bool = True, unet_overrides: dict
         "unet": unet.eval(),
         "scheduler": scheduler,
         "aligner": AlignmentModule(hidden_channels=(8, 8, 8)),
-        "posterior_scheduler": RecurrentPosteriorScheduler(),
+        # No warm-up of f (100 steps by default) in the tiny tests' few steps, which it would slow fourfold; the
+        # warm-up's own tests set it.
+        "posterior_scheduler": RecurrentPosteriorScheduler(aligner_warmup_steps=0),
         "captioner": None,
         "captioner_processor": None,
         "perceptual": PerceptualFeatures(channels=(4, 8)).eval() if perceptual else None,

@@ -28,33 +28,52 @@ from ldrps_pipeline.scheduling_ldrps import RecurrentPosteriorScheduler
 
 IDENTITY_3 = (3.0, 0.1, 0.1)
 ADV_0_001 = (3.0, 0.1, 0.001)
+ADV_0_01 = (3.0, 0.1, 0.01)
 ALL_GUIDED_STEPS = 700  # an exposure / colour gate at the guidance gate: the terms weigh at every guided step
 
+NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
+WARMUP_100 = {"aligner_warmup_steps": 100}  # f has taken 100 steps when the guidance first uses it
+
 CANDIDATES = {
-    "identity-1": {"aligner_loss_weights": (1.0, 0.1, 0.1)},
-    "identity-3": {"aligner_loss_weights": IDENTITY_3},
-    "identity-3-adv-0.4": {"aligner_loss_weights": (3.0, 0.1, 0.4)},
-    "identity-3-no-exposure-colour": {"aligner_loss_weights": IDENTITY_3, "exposure_weight": 0.0, "color_weight": 0.0},
-    "identity-3-scale-20000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 20000.0},
-    "identity-3-scale-80000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 80000.0},
-    "f-adv-0.001": {"aligner_loss_weights": ADV_0_001},
-    "f-adv-0.01": {"aligner_loss_weights": (3.0, 0.1, 0.01)},
-    "f-identity-1-adv-0.001": {"aligner_loss_weights": (1.0, 0.1, 0.001)},
-    "f-adv-0.001-no-exposure-colour": {"aligner_loss_weights": ADV_0_001, "exposure_weight": 0.0, "color_weight": 0.0},
+    "identity-1": {"aligner_loss_weights": (1.0, 0.1, 0.1), **NO_WARMUP},
+    "identity-3": {"aligner_loss_weights": IDENTITY_3, **NO_WARMUP},
+    "identity-3-adv-0.4": {"aligner_loss_weights": (3.0, 0.1, 0.4), **NO_WARMUP},
+    "identity-3-no-exposure-colour": {
+        "aligner_loss_weights": IDENTITY_3,
+        "exposure_weight": 0.0,
+        "color_weight": 0.0,
+        **NO_WARMUP,
+    },
+    "identity-3-scale-20000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 20000.0, **NO_WARMUP},
+    "identity-3-scale-80000": {"aligner_loss_weights": IDENTITY_3, "posterior_scale": 80000.0, **NO_WARMUP},
+    "identity-3-warmup-100": {"aligner_loss_weights": IDENTITY_3, **WARMUP_100},
+    "f-adv-0.001": {"aligner_loss_weights": ADV_0_001, **NO_WARMUP},
+    "f-adv-0.01": {"aligner_loss_weights": ADV_0_01, **NO_WARMUP},
+    "f-adv-0.01-warmup-100": {"aligner_loss_weights": ADV_0_01, **WARMUP_100},
+    "f-adv-0.001-warmup-100": {"aligner_loss_weights": ADV_0_001, **WARMUP_100},
+    "f-identity-1-adv-0.001": {"aligner_loss_weights": (1.0, 0.1, 0.001), **NO_WARMUP},
+    "f-adv-0.001-no-exposure-colour": {
+        "aligner_loss_weights": ADV_0_001,
+        "exposure_weight": 0.0,
+        "color_weight": 0.0,
+        **NO_WARMUP,
+    },
     "f-adv-0.001-exposure-colour-1e-2": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-2,
         "color_weight": 1e-2,
+        **NO_WARMUP,
     },
     "f-adv-0.001-exposure-1e-1-all-steps": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-1,
         "color_weight": 0.0,
         "exposure_color_start": ALL_GUIDED_STEPS,
+        **NO_WARMUP,
     },
 }
-"""Overrides of the model's posterior scheduler config, by name (each names its ``f`` loss weights, so that it
-means the same whatever the shipped default). Two comparisons were run with the demo model of 2026-11-26
+"""Overrides of the model's posterior scheduler config, by name (each names its ``f`` loss weights and warm-up, so
+that it means the same whatever the shipped default). Two comparisons were run with the demo model of 2026-11-26
 (README, "Presets"): ``identity-1``, the default before the first, lost to ``identity-3``; ``identity-3``,
 the default until 2026-12-02, lost to ``f-adv-0.01``, the shipped default since."""
 

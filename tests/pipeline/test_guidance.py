@@ -286,3 +286,37 @@ def test_a_float16_decoder_backward_is_loss_scaled_so_that_small_gradients_do_no
     assert shift(1.0).eq(0).all()  # unscaled, every gradient underflows in the float16 backward
     scaled = shift(float16_backward_scale(256, 256, 1.0))
     assert torch.allclose(scaled, expected, rtol=2e-3, atol=0)
+
+
+class CountingTrainer:
+    """An alignment state that counts its training steps and the guidance gate they were taken under."""
+
+    def __init__(self):
+        self.steps = []
+
+    def train_step(self, estimates, degraded, cap_perceptual):
+        self.steps.append(cap_perceptual)
+
+
+@pytest.mark.parametrize(("warmup", "above_gate"), [(0, 3), (10, 3), (10, 12)])
+def test_the_first_guided_step_takes_the_warm_up_steps_still_missing(warmup, above_gate):
+    trainers = [CountingTrainer(), CountingTrainer()]
+    state = PosteriorState(
+        trainers=trainers,
+        degraded=torch.zeros(2, 3, 4, 4),
+        num_samples=2,
+        scale=1.0,
+        exposure_patch_size=4,
+        perceptual_distance=None,
+        degraded_features=None,
+        aligner_warmup_steps=warmup,
+    )
+    estimates = torch.zeros(2, 2, 3, 4, 4)
+    for _ in range(above_gate):
+        state.train_alignment(estimates, cap_perceptual=False)
+    for _ in range(5):  # below the gate
+        state.train_alignment(estimates, cap_perceptual=True)
+    first_guided = max(1, warmup - above_gate)
+    for trainer in trainers:  # every image's state takes the same steps
+        assert trainer.steps == [False] * above_gate + [True] * (first_guided + 4)
+    assert state.alignment_steps == above_gate + first_guided + 4

@@ -9,6 +9,7 @@ from ldrps_pipeline import (
     LDRPSPipeline,
     LDRPSPipelineOutput,
     RecurrentPosteriorScheduler,
+    alignment_ldrps,
     guidance_ldrps,
     pipeline_ldrps,
 )
@@ -458,3 +459,20 @@ def test_a_profiled_restoration_reports_every_range_per_step_decode_and_guided_s
         "guidance_loss": 0,
         "guidance_backward": 0,
     }
+
+
+@pytest.mark.parametrize(("warmup", "trained"), [(0, 10 + 5), (20, 3 + (20 - 3) + 6 + 5)])
+def test_f_has_taken_its_warm_up_steps_when_the_guidance_first_uses_it(monkeypatch, warmup, trained):
+    # 10 steps (901 ... 1): 3 at or above the gate of 700, 7 below it; the recurrence's 5 are all below it.
+    pipe = tiny_pipeline()
+    pipe.posterior_scheduler = RecurrentPosteriorScheduler(aligner_warmup_steps=warmup)
+    guided_at_step = []
+    real_train_step = alignment_ldrps.AlignmentTrainer.train_step
+
+    def train_step(self, estimates, degraded, cap_perceptual):
+        guided_at_step.append(cap_perceptual)
+        return real_train_step(self, estimates, degraded, cap_perceptual)
+
+    monkeypatch.setattr(alignment_ldrps.AlignmentTrainer, "train_step", train_step)
+    run(pipe, tiny_image(16, 16), num_inference_steps=10, recurrences=1)
+    assert len(guided_at_step) == trained and guided_at_step[:3] == [False] * 3 and all(guided_at_step[3:])

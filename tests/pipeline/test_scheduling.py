@@ -173,6 +173,8 @@ def test_save_and_load_config(tmp_path):
         ("posterior_scale", float("nan")),
         ("mse_weight", -1.0),
         ("exposure_patch_size", 0),
+        ("aligner_warmup_steps", -1),
+        ("aligner_warmup_steps", 2.5),
         ("aligner_loss_weights", (1.0, 0.1)),
         ("g_discriminator_lr", 0.0),
         ("clip_quantile", 1.5),
@@ -190,3 +192,12 @@ def test_out_of_range_config_is_refused_naming_the_field(field, value):
 def test_unknown_override_is_refused():
     with pytest.raises(ValueError, match=r"unknown RecurrentPosteriorScheduler fields \['num_sample'\]"):
         RecurrentPosteriorScheduler.from_preset("fast", num_sample=1)
+
+
+def test_the_default_warm_up_is_what_the_papers_schedule_gives_f_above_the_gate():
+    # At the paper's 450 steps f has taken its 100 warm-up steps when the guidance opens: the warm-up adds none.
+    posterior = RecurrentPosteriorScheduler()
+    _, plans = posterior.plan_passes(450, sd_ddim(), None, None)
+    assert sum(weights is None for weights in plans[0]) == posterior.config.aligner_warmup_steps == 100
+    _, plans = posterior.plan_passes(100, sd_ddim(), None, None)
+    assert sum(weights is None for weights in plans[0]) == 30  # a shorter schedule: 70 warm-up steps at the gate
