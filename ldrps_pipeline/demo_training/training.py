@@ -23,12 +23,22 @@ __all__ = ["train"]
 
 
 def train(options: argparse.Namespace) -> dict[str, Any]:
-    """Run (or continue) the whole training described by parsed ``options``; returns the training-log record.
+    """Run (or continue) the whole training described by parsed ``options``, with ``options.threads`` torch
+    threads (the caller's thread count is restored after it); returns the training-log record.
 
     Raises:
         SystemExit: if the models exceed ``--max-mb``, or the work dir holds a run with other model options.
     """
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, options.threads))
+    try:
+        return _train(options)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(options: argparse.Namespace) -> dict[str, Any]:
+    """:func:`train`'s run, in the thread count it set."""
     compute = Compute.choose(options.device, options.precision)
     counts = check_weight_budget(options)
     options.work_dir.mkdir(parents=True, exist_ok=True)

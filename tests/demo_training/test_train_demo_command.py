@@ -49,7 +49,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
     root = tmp_path_factory.mktemp("demo")
     output, work = root / "model", root / "work"
     argv = ["--output", str(output), "--work-dir", str(work), *TINY, "--stop-after-steps", "3"]
+    threads = torch.get_num_threads()  # 1 (conftest); the training runs with --threads' default, 2
     assert main(argv) == 0  # VAE steps 1-3, then stops
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
     assert (work / "vae_checkpoint.pt").exists()
     assert not (work / "vae").exists() and not output.exists()
     assert main(argv) == 0  # VAE step 4, perceptual steps 1-2, UNet steps 1-3
@@ -68,6 +70,7 @@ def test_resumed_run_continues_instead_of_restarting(trained: tuple[Path, Path, 
     assert [r["step"] for r in log["unet"]] == [1, 2, 3, 4]
     assert log["vae_steps"] == 4 and log["perceptual_steps"] == 2 and log["unet_steps"] == 4
     assert log["done"] is True
+    assert log["machine"]["threads"] == 2
     assert all(r["loss"] > 0 for r in log["vae"] + log["perceptual"] + log["unet"])
     # the last part of each phase runs at the higher crop size with a smaller batch
     assert log["vae"][-1]["size"] == 48 and log["vae"][0]["size"] == 32
