@@ -23,7 +23,8 @@ part of each phase at a higher crop size (``--hires-size``). Checkpoints are wri
 to ``<work-dir>/training_log.json``. The work dir is the resume state of one machine; ``--init-from FOLDER``
 starts every network from a saved demo model instead (fresh optimisers and schedules), so that short runs on
 machines that do not keep their files (a lent GPU) accumulate through the committed
-``ldrps_pipeline/demo_model``. At the end the VAE's reconstruction PSNR on held-out 128x128
+``ldrps_pipeline/demo_model``. ``--phases`` trains only the phases it names and takes the other networks unchanged
+from ``--init-from`` (``--phases perceptual`` adds the perceptual features to a model saved without them). At the end the VAE's reconstruction PSNR on held-out 128x128
 crops (``ldrps_pipeline.evaluation.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
 ``unet/``, ``text_encoder/``, ``perceptual/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
 
@@ -49,7 +50,7 @@ import sys
 from pathlib import Path
 
 from ldrps_pipeline.demo_training.presets import PRESETS
-from ldrps_pipeline.demo_training.training import train
+from ldrps_pipeline.demo_training.training import PHASES, train
 from ldrps_pipeline.demo_training.training_photos import PHOTO_SOURCES
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -63,6 +64,40 @@ OMP_HINT = (
 
 def _int_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+
+
+def _name_tuple(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.replace(" ", "").split(",") if part)
+
+
+def _check_phases(args: argparse.Namespace) -> None:
+    """Refuse a ``--phases`` list that names unknown phases, or whose left-out networks cannot be taken unchanged,
+    and an ``--output`` that would overwrite the ``--init-from`` model.
+
+    Raises:
+        SystemExit: naming the problem.
+    """
+    if args.init_from is not None and args.output.resolve() == args.init_from.resolve():
+        raise SystemExit("--output is the --init-from folder: the run would overwrite the model it starts from")
+    unknown = [phase for phase in args.phases if phase not in PHASES]
+    if unknown or not args.phases:
+        raise SystemExit(f"--phases {','.join(args.phases)!r}: choose one or more of {','.join(PHASES)}")
+    kept = [phase for phase in PHASES if phase not in args.phases]
+    if not kept:
+        return
+    if "vae" in args.phases:
+        raise SystemExit(
+            f"--phases {','.join(args.phases)}: a run that trains the VAE must also train {' and '.join(kept)} "
+            "(they learn from the VAE's features and latents)"
+        )
+    if args.init_from is None:
+        raise SystemExit(
+            f"--phases leaves out {', '.join(kept)}: their networks come unchanged from --init-from FOLDER"
+        )
+    parts = {"vae": ["vae"], "perceptual": ["perceptual"], "unet": ["unet", "text_encoder", "tokenizer"]}
+    missing = [part for phase in kept for part in parts[phase] if not (args.init_from / part).is_dir()]
+    if missing:
+        raise SystemExit(f"--init-from {args.init_from} has no {', '.join(f'{m}/' for m in missing)} to take unchanged")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--vae-steps", type=int, default=0, help="step limit of the VAE phase (0: none)")
     group.add_argument("--perceptual-steps", type=int, default=0, help="step limit of the perceptual phase (0: none)")
     group.add_argument("--unet-steps", type=int, default=0, help="step limit of the UNet phase (0: none)")
+    group.add_argument(
+        "--phases",
+        type=_name_tuple,
+        default=PHASES,
+        help="the phases to train, comma-separated (default: vae,perceptual,unet); the networks of the others are "
+        "taken unchanged from --init-from (for example perceptual alone, to add the perceptual features to a "
+        "model saved before that phase existed)",
+    )
     group = parser.add_argument_group("sizes")
     group.add_argument("--vae-channels", type=_int_tuple, help="3 comma-separated block widths")
     group.add_argument("--vae-layers", type=int, help="resnet layers per VAE block")
@@ -171,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for size in (args.crop_size, args.hires_size):
         if size % 16:
             raise SystemExit("crop sizes must be multiples of 16")
+    _check_phases(args)
     args.command = " ".join(shlex.quote(a) for a in ["ldrps-train-demo", *(sys.argv[1:] if argv is None else argv)])
     return args
 

@@ -79,6 +79,17 @@ def _final_mean(entries: list[dict[str, Any]], key: str = "loss") -> float | Non
     return round(float(np.mean(values)), 5) if values else None
 
 
+def _phase_lines(options: argparse.Namespace, trained: dict[str, str]) -> list[str]:
+    """The README's line per phase: ``trained[phase]`` for the phases of ``--phases``, else where it came from."""
+    names = {"vae": "VAE", "perceptual": "perceptual features", "unet": "UNet + text encoder"}
+    return [
+        trained[phase]
+        if phase in options.phases
+        else f"- {names[phase]}: not trained by this run (`--phases`), taken unchanged from `{options.init_from}`"
+        for phase in trained
+    ]
+
+
 def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[str, Any]) -> None:
     """Write ``<output>/README.md``: the command, data, models and training results of a finished run.
 
@@ -143,16 +154,21 @@ def write_readme(options: argparse.Namespace, log: dict[str, Any], sizes: dict[s
         "",
         f"- machine: {machine['device']}, {machine['threads']} torch threads, {machine['platform']}, "
         f"torch {machine['torch']}, compute precision {machine['precision']}",
-        f"- VAE: {log.get('vae_steps')} steps in {log.get('vae_minutes')} min "
-        f"(AdamW, peak lr {options.vae_lr:g}, L1 + MSE + {options.kl_weight:g} KL), "
-        f"final loss {_final_mean(log['vae'])}, "
-        f"final training-batch PSNR {_final_mean(log['vae'], 'train_psnr')} dB",
-        f"- perceptual features: {log.get('perceptual_steps')} steps in {log.get('perceptual_minutes')} min "
-        f"(AdamW, peak lr {options.vae_lr:g}, read-out error / target variance), "
-        f"final loss {_final_mean(log['perceptual'])}",
-        f"- UNet + text encoder: {log.get('unet_steps')} steps in {log.get('unet_minutes')} min "
-        f"(AdamW, peak lr {options.unet_lr:g}, min-SNR gamma {options.snr_gamma:g}, EMA {options.ema_decay:g}), "
-        f"final loss {_final_mean(log['unet'])}",
+        *_phase_lines(
+            options,
+            {
+                "vae": f"- VAE: {log.get('vae_steps')} steps in {log.get('vae_minutes')} min "
+                f"(AdamW, peak lr {options.vae_lr:g}, L1 + MSE + {options.kl_weight:g} KL), "
+                f"final loss {_final_mean(log['vae'])}, "
+                f"final training-batch PSNR {_final_mean(log['vae'], 'train_psnr')} dB",
+                "perceptual": f"- perceptual features: {log.get('perceptual_steps')} steps in "
+                f"{log.get('perceptual_minutes')} min (AdamW, peak lr {options.vae_lr:g}, read-out error / target "
+                f"variance), final loss {_final_mean(log['perceptual'])}",
+                "unet": f"- UNet + text encoder: {log.get('unet_steps')} steps in {log.get('unet_minutes')} min "
+                f"(AdamW, peak lr {options.unet_lr:g}, min-SNR gamma {options.snr_gamma:g}, "
+                f"EMA {options.ema_decay:g}), final loss {_final_mean(log['unet'])}",
+            },
+        ),
         f"- total wall clock: {log.get('total_minutes')} min",
         f"- **VAE reconstruction PSNR on held-out 128x128 crops** ({options.eval_crops} per held-out photo, "
         f"`heldout_crops(128, {options.eval_crops}, seed=0)`): **{log.get('vae_heldout_psnr'):.2f} dB**",

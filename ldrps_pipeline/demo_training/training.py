@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,11 @@ from ldrps_pipeline.demo_training.training_log import TrainingLog
 from ldrps_pipeline.demo_training.training_photos import training_photos
 from ldrps_pipeline.demo_training.vae_evaluation import heldout_vae_psnr
 
-__all__ = ["train"]
+__all__ = ["PHASES", "train"]
+
+PHASES = ("vae", "perceptual", "unet")
+"""The training's phases, in their order; ``--phases`` names those a run trains (the others come from
+``--init-from`` unchanged)."""
 
 
 def train(options: argparse.Namespace) -> dict[str, Any]:
@@ -58,11 +63,13 @@ def _train(options: argparse.Namespace) -> dict[str, Any]:
     print(f"device {device_name}, precision {compute.precision}, parameters {counts}", flush=True)
     photos = training_photos(options.training_photos, options.debian_photo_root)
     crops = PhotoCrops(photos, compute.device, options.crop_scale_min)
+    log.record["phases"] = list(options.phases)
     try:
-        if (options.work_dir / "vae" / "config.json").exists():
-            from diffusers import AutoencoderKL
-
-            vae = AutoencoderKL.from_pretrained(options.work_dir / "vae").to(compute.device)
+        if "vae" not in options.phases:
+            vae = _saved_vae(options.init_from, compute.device)
+            print(f"[vae] not in --phases: taken unchanged from {options.init_from}", flush=True)
+        elif (options.work_dir / "vae" / "config.json").exists():
+            vae = _saved_vae(options.work_dir, compute.device)
             print("[vae] already trained; loaded from the work dir", flush=True)
         else:
             vae = train_vae(options, compute, crops, log)
@@ -71,15 +78,19 @@ def _train(options: argparse.Namespace) -> dict[str, Any]:
             log.save()
         vae.requires_grad_(False)
         vae.eval()
-        if (options.work_dir / "perceptual" / "config.json").exists():
-            from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
-
-            perceptual = PerceptualFeatures.from_pretrained(options.work_dir / "perceptual").to(compute.device)
+        if "perceptual" not in options.phases:
+            perceptual = _saved_perceptual(options.init_from)
+            print(f"[perceptual] not in --phases: taken unchanged from {options.init_from}", flush=True)
+        elif (options.work_dir / "perceptual" / "config.json").exists():
+            perceptual = _saved_perceptual(options.work_dir)
             print("[perceptual] already trained; loaded from the work dir", flush=True)
         else:
             perceptual = train_perceptual(options, compute, crops, log, vae)
             log.save()
-        unet, text_encoder, tokenizer = train_unet(options, compute, crops, log, vae)
+        if "unet" in options.phases:
+            unet, text_encoder, tokenizer = train_unet(options, compute, crops, log, vae)
+        else:
+            unet, text_encoder, tokenizer = _unchanged_unet(options)
     except StopRequested:
         log.save()
         print("stopped after --stop-after-steps; re-run the same command to continue", flush=True)
@@ -104,3 +115,31 @@ def _train(options: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     return log.record
+
+
+def _saved_vae(folder: Path, device: torch.device) -> Any:
+    """The VAE saved in ``folder`` (the work dir, or the ``--init-from`` model), as saved (``scaling_factor`` too)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder / "vae").to(device)
+
+
+def _saved_perceptual(folder: Path) -> Any:
+    """The perceptual features saved in ``folder`` (the work dir, or the ``--init-from`` model)."""
+    from ldrps_pipeline.perceptual_ldrps import PerceptualFeatures
+
+    return PerceptualFeatures.from_pretrained(folder / "perceptual").eval().requires_grad_(False)
+
+
+def _unchanged_unet(options: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The ``--init-from`` model's UNet, text encoder and tokenizer, as saved."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = options.init_from
+    print(f"[unet] not in --phases: the UNet, text encoder and tokenizer taken unchanged from {folder}", flush=True)
+    return (
+        UNet2DConditionModel.from_pretrained(folder / "unet"),
+        CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+    )

@@ -212,3 +212,67 @@ def test_unset_options_come_from_the_preset_and_set_ones_override_it() -> None:
 def test_bad_sizes_are_refused_with_a_clear_error(option: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         parse_args(["--output", "o", "--work-dir", "w", *option])
+
+
+def test_phases_train_only_the_named_networks_and_take_the_others_unchanged(
+    trained: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    source, _, _ = trained
+    output, work = tmp_path / "model", tmp_path / "work"
+    before = {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()}
+    argv = [
+        "--output",
+        str(output),
+        "--work-dir",
+        str(work),
+        *TINY,
+        "--init-from",
+        str(source),
+        "--phases",
+        "perceptual",
+    ]
+    assert main(argv) == 0
+
+    def weights(folder: Path, part: str) -> dict[str, torch.Tensor]:
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    for part in ("vae", "unet", "text_encoder"):
+        saved, taken = weights(source, part), weights(output, part)
+        assert saved.keys() == taken.keys() and all(torch.equal(saved[k], taken[k]) for k in saved), part
+    vae_config = json.loads((output / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == json.loads((source / "vae" / "config.json").read_text())["scaling_factor"]
+    saved, trained_now = weights(source, "perceptual"), weights(output, "perceptual")
+    assert any(not torch.equal(saved[k], trained_now[k]) for k in saved)  # started from the saved ones, trained on
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()} == before  # the source is untouched
+
+    log = json.loads((work / "training_log.json").read_text())
+    assert log["phases"] == ["perceptual"] and log["perceptual_steps"] == 2
+    assert log["vae"] == [] and log["unet"] == [] and "vae_steps" not in log and log["done"] is True
+    readme = (output / "README.md").read_text()
+    assert f"- VAE: not trained by this run (`--phases`), taken unchanged from `{source}`" in readme
+    assert f"- UNet + text encoder: not trained by this run (`--phases`), taken unchanged from `{source}`" in readme
+    assert "- perceptual features: 2 steps" in readme and "| perceptual | 2 |" in readme
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--phases", "perceptual"], "their networks come unchanged from --init-from"),
+        (["--phases", "vae,unet", "--init-from", "m"], "must also train perceptual"),
+        (["--phases", "decoder"], "choose one or more of vae,perceptual,unet"),
+        (["--phases", ","], "choose one or more of"),
+        (["--init-from", "o"], "would overwrite the model it starts from"),
+    ],
+)
+def test_bad_phases_are_refused_with_a_clear_error(option: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        parse_args(["--output", "o", "--work-dir", "w", *option])
+
+
+def test_phases_need_the_left_out_networks_in_init_from(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    argv = ["--output", "o", "--work-dir", "w", "--init-from", str(tmp_path), "--phases", "perceptual"]
+    with pytest.raises(SystemExit, match="has no vae/, text_encoder/, tokenizer/ to take unchanged"):
+        parse_args(argv)
