@@ -235,10 +235,11 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         exposure_color_start: the gate of the exposure and colour terms.
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
         aligner_loss_weights: ``(w_mse, w_pse, w_adv)`` of the online training of ``f``. The default
-            ``(3.0, 0.1, 0.01)`` was chosen on crops of training photos with the demo model
+            ``(3.0, 0.0, 0.01)`` was chosen on crops of training photos with the demo model
             (``examples/development/tune_default_preset.py``; README, "Presets"): a strong identity term and a
             weak adversarial one keep ``f`` from absorbing noise, blur, rain and colour loss, so the guidance
-            pulls harder there.
+            pulls harder there; a perceptual term (0.1) lost on all nine degradations once the demo model had
+            perceptual features.
         aligner_warmup_steps: the training steps ``f`` (and ``D_f``) have taken, at least, when the guidance first
             uses ``f``: at the first step below ``guidance_start``, the steps missing are taken there, on that
             step's estimates. The default, 100, is what the paper's 450-step schedule gives ``f`` above the gate
@@ -276,7 +277,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         color_weight: float = 1e-3,
         exposure_color_start: int = 100,
         exposure_patch_size: int = 32,
-        aligner_loss_weights: tuple[float, float, float] = (3.0, 0.1, 0.01),
+        aligner_loss_weights: tuple[float, float, float] = (3.0, 0.0, 0.01),
         aligner_warmup_steps: int = 100,
         aligner_perceptual_cap: float = 10.0,
         aligner_perceptual_cap_factor: float = 0.2,

@@ -257,9 +257,9 @@ def test_no_prompt_no_captioner_warns_once(caplog):
 @pytest.mark.parametrize(
     ("overrides", "warned"),
     [
-        ({}, True),  # default: guidance perceptual weight 2e-3, f's perceptual weight 0.1
-        ({"perceptual_weight": 0.0}, True),
-        ({"perceptual_weight": 0.0, "aligner_loss_weights": (1.0, 0.0, 0.1)}, False),
+        ({}, True),  # default: guidance perceptual weight 2e-3 (f's perceptual weight is 0)
+        ({"perceptual_weight": 0.0, "aligner_loss_weights": (1.0, 0.1, 0.1)}, True),  # f's perceptual term alone
+        ({"perceptual_weight": 0.0}, False),
     ],
 )
 def test_missing_perceptual_component_is_reported_when_a_perceptual_weight_is_set(caplog, overrides, warned):
