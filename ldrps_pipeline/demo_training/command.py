@@ -24,9 +24,10 @@ to ``<work-dir>/training_log.json``. The work dir is the resume state of one mac
 starts every network from a saved demo model instead (fresh optimisers and schedules), so that short runs on
 machines that do not keep their files (a lent GPU) accumulate through the committed
 ``ldrps_pipeline/demo_model``. ``--phases`` trains only the phases it names and takes the other networks unchanged
-from ``--init-from`` (``--phases perceptual`` adds the perceptual features to a model saved without them). At the end the VAE's reconstruction PSNR on held-out 128x128
-crops (``ldrps_pipeline.evaluation.photos.heldout_crops``) is measured, and ``--output`` receives ``vae/``,
-``unet/``, ``text_encoder/``, ``perceptual/``, ``tokenizer/``, ``scheduler/`` (safetensors) and a ``README.md``.
+from ``--init-from`` (``--phases perceptual`` adds the perceptual features to a model saved without them). At the
+end the VAE's reconstruction PSNR on held-out 128x128 crops (``ldrps_pipeline.evaluation.photos.heldout_crops``)
+is measured, and ``--output`` receives ``vae/``, ``unet/``, ``text_encoder/``, ``perceptual/``, ``tokenizer/``,
+``scheduler/`` (safetensors) and a ``README.md``.
 
 Presets: ``--preset cpu`` (default) completes in under 60 minutes on a 2-core CPU;
 ``--preset gpu`` uses larger widths, batches and crops for one CUDA GPU, in about 10 minutes.
@@ -50,7 +51,7 @@ import sys
 from pathlib import Path
 
 from ldrps_pipeline.demo_training.presets import PRESETS
-from ldrps_pipeline.demo_training.training import PHASES, train
+from ldrps_pipeline.demo_training.training import PHASE_PARTS, PHASES, train
 from ldrps_pipeline.demo_training.training_photos import PHOTO_SOURCES
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -62,12 +63,12 @@ OMP_HINT = (
 )
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-
-
 def _name_tuple(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(" ", "").split(",") if part)
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in _name_tuple(text))
 
 
 def _check_phases(args: argparse.Namespace) -> None:
@@ -94,8 +95,7 @@ def _check_phases(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"--phases leaves out {', '.join(kept)}: their networks come unchanged from --init-from FOLDER"
         )
-    parts = {"vae": ["vae"], "perceptual": ["perceptual"], "unet": ["unet", "text_encoder", "tokenizer"]}
-    missing = [part for phase in kept for part in parts[phase] if not (args.init_from / part).is_dir()]
+    missing = [part for phase in kept for part in PHASE_PARTS[phase] if not (args.init_from / part).is_dir()]
     if missing:
         raise SystemExit(f"--init-from {args.init_from} has no {', '.join(f'{m}/' for m in missing)} to take unchanged")
 

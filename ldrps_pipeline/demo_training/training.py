@@ -20,11 +20,14 @@ from ldrps_pipeline.demo_training.training_log import TrainingLog
 from ldrps_pipeline.demo_training.training_photos import training_photos
 from ldrps_pipeline.demo_training.vae_evaluation import heldout_vae_psnr
 
-__all__ = ["PHASES", "train"]
+__all__ = ["PHASES", "PHASE_PARTS", "train"]
 
 PHASES = ("vae", "perceptual", "unet")
 """The training's phases, in their order; ``--phases`` names those a run trains (the others come from
 ``--init-from`` unchanged)."""
+
+PHASE_PARTS = {"vae": ("vae",), "perceptual": ("perceptual",), "unet": ("unet", "text_encoder", "tokenizer")}
+"""The saved model's folders that each phase produces (and a run without that phase takes unchanged)."""
 
 
 def train(options: argparse.Namespace) -> dict[str, Any]:
