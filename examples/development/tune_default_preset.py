@@ -67,6 +67,22 @@ CANDIDATES = {
     "perceptual-off": {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 0.0, **WARMUP_100},
     "perceptual-guidance-only": {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 2e-3, **WARMUP_100},
     "perceptual-f-only": {"aligner_loss_weights": ADV_0_01, "perceptual_weight": 0.0, **WARMUP_100},
+    "exposure-1e-1-all-steps": {
+        "aligner_loss_weights": (3.0, 0.0, 0.01),
+        "perceptual_weight": 2e-3,
+        "exposure_weight": 1e-1,
+        "color_weight": 0.0,
+        "exposure_color_start": ALL_GUIDED_STEPS,
+        **WARMUP_100,
+    },
+    "exposure-3e-1-all-steps": {
+        "aligner_loss_weights": (3.0, 0.0, 0.01),
+        "perceptual_weight": 2e-3,
+        "exposure_weight": 3e-1,
+        "color_weight": 0.0,
+        "exposure_color_start": ALL_GUIDED_STEPS,
+        **WARMUP_100,
+    },
     "f-adv-0.001-exposure-1e-1-all-steps": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-1,

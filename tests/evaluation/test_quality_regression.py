@@ -13,7 +13,6 @@ compared with): a run of seed 0 below it is further from the measurements than t
 """
 
 import math
-import os
 import statistics
 
 import pytest
@@ -60,12 +59,13 @@ def threshold(gains: list[float]) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """The guided restorations here are the suite's heaviest (about a minute each on one thread): two torch threads
-    take about a quarter off (measured 67 -> 52 s per run); the test-wide single thread is put back after them.
-    MEASURED was measured on one thread: two sum in another order, some 1e-4 dB apart."""
+def two_threads(cores_per_process):
+    """The guided restorations here are the suite's heaviest (about a minute each on one thread): two torch threads,
+    where this process has two cores to itself, take about a quarter off (measured 67 -> 52 s per run); the test-wide
+    single thread is put back after them. MEASURED was measured on one thread: two sum in another order, some 1e-4 dB
+    apart."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(min(2, cores_per_process))
     yield
     torch.set_num_threads(threads)
 
