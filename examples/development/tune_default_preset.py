@@ -124,9 +124,11 @@ the default until 2026-12-02, lost to ``f-adv-0.01`` (with ``f``'s warm-up, ``f-
 model had its perceptual component (2026-12-03), that candidate's two perceptual terms lost to
 ``perceptual-off`` on all nine degradations, and ``perceptual-guidance-only``, the class default since, scored
 about as ``perceptual-off`` (mean gain over the input -0.01 against -0.04 dB). ``perceptual-off`` is the same run as
-``f-adv-0.01-warmup-100`` on a model without perceptual features. The exposure round (2026-12-03):
-``exposure-1-global-all-steps`` (+0.54 dB) is the demo model's default since; with 32 px patches the term lost on
-noise and rain (``exposure-1e-1-all-steps``, ``exposure-3e-1-all-steps``)."""
+``f-adv-0.01-warmup-100`` on a model without perceptual features. The exposure round (2026-12-03, not
+adopted): with 32 px patches the term lost on noise and rain (``exposure-1e-1-all-steps``,
+``exposure-3e-1-all-steps``); on the image's mean (``exposure-3e-1-global-all-steps``, ``exposure-1-global-all-steps``)
+it won on the two crops above (+0.54 dB at 1.0), whose means are 0.45, and cost noise and rain once
+``--photos flower grace_hopper immunohistochemistry motorcycle_left`` joined them (README, "Presets")."""
 
 
 def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.Tensor]:
