@@ -40,6 +40,21 @@ LATE_EXPOSURE_COLOUR = {  # the class default's exposure and colour terms: what 
 
 NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
 WARMUP_100 = {"aligner_warmup_steps": 100}  # f has taken 100 steps when the guidance first uses it
+GUIDANCE_PERCEPTUAL_ONLY = {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 2e-3, **WARMUP_100}
+"""The default since 2026-12-03 (``perceptual-guidance-only``)."""
+
+
+def exposure_at_every_guided_step(weight: float, **fields: int) -> dict[str, object]:
+    """``GUIDANCE_PERCEPTUAL_ONLY`` with the exposure term at ``weight`` at every guided step, the colour term off;
+    ``fields`` sets others (the exposure patch size)."""
+    return {
+        **GUIDANCE_PERCEPTUAL_ONLY,
+        "exposure_weight": weight,
+        "color_weight": 0.0,
+        "exposure_color_start": ALL_GUIDED_STEPS,
+        **fields,
+    }
+
 
 CANDIDATES = {
     "identity-1": {"aligner_loss_weights": (1.0, 0.1, 0.1), **NO_WARMUP},
@@ -72,42 +87,12 @@ CANDIDATES = {
         **NO_WARMUP,
     },
     "perceptual-off": {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 0.0, **WARMUP_100},
-    "perceptual-guidance-only": {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 2e-3, **WARMUP_100},
+    "perceptual-guidance-only": GUIDANCE_PERCEPTUAL_ONLY,
     "perceptual-f-only": {"aligner_loss_weights": ADV_0_01, "perceptual_weight": 0.0, **WARMUP_100},
-    "exposure-1e-1-all-steps": {
-        "aligner_loss_weights": (3.0, 0.0, 0.01),
-        "perceptual_weight": 2e-3,
-        "exposure_weight": 1e-1,
-        "color_weight": 0.0,
-        "exposure_color_start": ALL_GUIDED_STEPS,
-        **WARMUP_100,
-    },
-    "exposure-3e-1-all-steps": {
-        "aligner_loss_weights": (3.0, 0.0, 0.01),
-        "perceptual_weight": 2e-3,
-        "exposure_weight": 3e-1,
-        "color_weight": 0.0,
-        "exposure_color_start": ALL_GUIDED_STEPS,
-        **WARMUP_100,
-    },
-    "exposure-3e-1-global-all-steps": {
-        "aligner_loss_weights": (3.0, 0.0, 0.01),
-        "perceptual_weight": 2e-3,
-        "exposure_weight": 3e-1,
-        "color_weight": 0.0,
-        "exposure_color_start": ALL_GUIDED_STEPS,
-        "exposure_patch_size": GLOBAL_PATCH,
-        **WARMUP_100,
-    },
-    "exposure-1-global-all-steps": {
-        "aligner_loss_weights": (3.0, 0.0, 0.01),
-        "perceptual_weight": 2e-3,
-        "exposure_weight": 1.0,
-        "color_weight": 0.0,
-        "exposure_color_start": ALL_GUIDED_STEPS,
-        "exposure_patch_size": GLOBAL_PATCH,
-        **WARMUP_100,
-    },
+    "exposure-1e-1-all-steps": exposure_at_every_guided_step(1e-1),
+    "exposure-3e-1-all-steps": exposure_at_every_guided_step(3e-1),
+    "exposure-3e-1-global-all-steps": exposure_at_every_guided_step(3e-1, exposure_patch_size=GLOBAL_PATCH),
+    "exposure-1-global-all-steps": exposure_at_every_guided_step(1.0, exposure_patch_size=GLOBAL_PATCH),
     "f-adv-0.001-exposure-1e-1-all-steps": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-1,
