@@ -32,10 +32,8 @@ ADV_0_01 = (3.0, 0.1, 0.01)
 ALL_GUIDED_STEPS = 700  # an exposure / colour gate at the guidance gate: the terms weigh at every guided step
 GLOBAL_PATCH = 512  # an exposure patch at least as large as the image: the term pulls the image's mean only
 LATE_EXPOSURE_COLOUR = {  # the class default's exposure and colour terms: what a candidate that names none gets
-    "exposure_weight": 1e-3,
-    "color_weight": 1e-3,
-    "exposure_color_start": 100,
-    "exposure_patch_size": 32,
+    field: RecurrentPosteriorScheduler().config[field]
+    for field in ("exposure_weight", "color_weight", "exposure_color_start", "exposure_patch_size")
 }
 
 NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
