@@ -60,8 +60,12 @@ PerceptualDistanceToFeatures = Callable[[torch.Tensor, torch.Tensor], torch.Tens
 """``(a, features of b) -> P(a, b)`` (``PerceptualFeatures.distance_to_features``)."""
 
 
-def exposure_loss(image: torch.Tensor, patch_size: int = 32, level: float = 0.5) -> torch.Tensor:
-    """Exposure control loss: mean over average-pooled patches of the channel-mean image of ``(patch - level)^2``.
+def exposure_loss(
+    image: torch.Tensor, patch_size: int = 32, level: float = 0.5, tolerance: float = 0.0
+) -> torch.Tensor:
+    """Exposure control loss: mean over average-pooled patches of the channel-mean image of
+    ``max(|patch - level| - tolerance, 0)^2`` (``tolerance`` 0: the paper's ``(patch - level)^2``; above it, patches
+    within ``level ± tolerance`` cost nothing, so a well-exposed dark or bright image is not pulled to ``level``).
 
     Images smaller than ``patch_size`` use one patch per side as large as the image allows. When a side
     is not a multiple of ``patch_size``, its last, narrower patches are kept (each the mean of its own
@@ -70,7 +74,7 @@ def exposure_loss(image: torch.Tensor, patch_size: int = 32, level: float = 0.5)
     gray = image.mean(dim=1, keepdim=True)
     kernel = (min(patch_size, gray.shape[-2]), min(patch_size, gray.shape[-1]))
     patches = F.avg_pool2d(gray, kernel, ceil_mode=True)
-    return ((patches - level) ** 2).mean()
+    return ((patches - level).abs() - tolerance).clamp(min=0).square().mean()
 
 
 def color_loss(image: torch.Tensor) -> torch.Tensor:
@@ -88,6 +92,7 @@ def posterior_loss(
     weights: LossWeights,
     *,
     exposure_patch_size: int,
+    exposure_tolerance: float = 0.0,
     perceptual_distance: PerceptualDistanceToFeatures | None = None,
     degraded_features: torch.Tensor | None = None,
     reduction: Literal["sum", "none"] = "sum",
@@ -105,6 +110,7 @@ def posterior_loss(
         alignments: each image's ``f`` and ``D_g``.
         weights: the weights at this step.
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
+        exposure_tolerance: the exposure loss's dead band around its level (:func:`exposure_loss`).
         perceptual_distance: ``P`` against precomputed features; ``None`` leaves the perceptual term out.
         degraded_features: the features of ``y`` for ``perceptual_distance``, (B, ...).
         reduction: ``"sum"``, the loss of the batch (a scalar), or ``"none"``, each image's, (B,), as torch's
@@ -122,7 +128,9 @@ def posterior_loss(
             alignment.train_residual_discriminator(x, aligned, y)
             image_loss = image_loss + weights.adversarial * alignment.residual_adversarial_term(x, y)
         if weights.exposure > 0:  # 4. the exposure and colour terms (zero weights above their gate)
-            image_loss = image_loss + weights.exposure * exposure_loss(x, exposure_patch_size)
+            image_loss = image_loss + weights.exposure * exposure_loss(
+                x, exposure_patch_size, tolerance=exposure_tolerance
+            )
         if weights.color > 0:
             image_loss = image_loss + weights.color * color_loss(x)
         losses.append(image_loss)
@@ -231,6 +239,7 @@ class PosteriorState:
         exposure_patch_size: the pooling size of the exposure loss.
         perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
         degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
+        exposure_tolerance: the exposure loss's dead band around its level.
         learns_alignment: whether the alignment states learn while sampling; ``False`` with a known operator in
             place of ``f`` (``operators_ldrps``): nothing is trained, so nothing is decoded above the guidance
             gate, and below it sample 0 alone.
@@ -252,6 +261,7 @@ class PosteriorState:
     exposure_patch_size: int
     perceptual_distance: PerceptualDistanceToFeatures | None
     degraded_features: torch.Tensor | None
+    exposure_tolerance: float = 0.0
     learns_alignment: bool = True
     non_finite: NonFiniteFlags | None = None
     backward_scale: float = 1.0
@@ -281,6 +291,7 @@ class PosteriorState:
             self.trainers,
             weights,
             exposure_patch_size=self.exposure_patch_size,
+            exposure_tolerance=self.exposure_tolerance,
             perceptual_distance=self.perceptual_distance,
             degraded_features=self.degraded_features if degraded_features is None else degraded_features,
             reduction="none",

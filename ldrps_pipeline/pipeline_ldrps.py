@@ -348,6 +348,7 @@ class LDRPSPipeline(PromptCaptioning, PromptEncoding, PosteriorGuidance, SpeedAn
             num_samples=posterior.config.num_samples,
             scale=scale,
             exposure_patch_size=posterior.config.exposure_patch_size,
+            exposure_tolerance=posterior.config.exposure_tolerance,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
             learns_alignment=learns_alignment,

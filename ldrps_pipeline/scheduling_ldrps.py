@@ -186,6 +186,7 @@ def check_config(config: Any) -> None:
         "perceptual_weight",
         "adversarial_weight",
         "exposure_weight",
+        "exposure_tolerance",
         "color_weight",
         "aligner_perceptual_cap",
         "aligner_perceptual_cap_factor",
@@ -234,6 +235,9 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         color_weight: weight of the colour loss, for ``t < exposure_color_start``.
         exposure_color_start: the gate of the exposure and colour terms.
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
+        exposure_tolerance: the exposure loss's dead band: a patch whose mean is within this of the level (0.5)
+            costs nothing. 0, the paper's, pulls every patch to 0.5, a dark or bright clean photo too (beyond the
+            paper).
         aligner_loss_weights: ``(w_mse, w_pse, w_adv)`` of the online training of ``f``. The default
             ``(3.0, 0.0, 0.01)`` was chosen on crops of training photos with the demo model
             (``examples/development/tune_default_preset.py``; README, "Presets"): a strong identity term and a
@@ -277,6 +281,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         color_weight: float = 1e-3,
         exposure_color_start: int = 100,
         exposure_patch_size: int = 32,
+        exposure_tolerance: float = 0.0,
         aligner_loss_weights: tuple[float, float, float] = (3.0, 0.0, 0.01),
         aligner_warmup_steps: int = 100,
         aligner_perceptual_cap: float = 10.0,

@@ -33,7 +33,13 @@ ALL_GUIDED_STEPS = 700  # an exposure / colour gate at the guidance gate: the te
 GLOBAL_PATCH = 512  # an exposure patch at least as large as the image: the term pulls the image's mean only
 LATE_EXPOSURE_COLOUR = {  # the class default's exposure and colour terms: what a candidate that names none gets
     field: RecurrentPosteriorScheduler().config[field]
-    for field in ("exposure_weight", "color_weight", "exposure_color_start", "exposure_patch_size")
+    for field in (
+        "exposure_weight",
+        "color_weight",
+        "exposure_color_start",
+        "exposure_patch_size",
+        "exposure_tolerance",
+    )
 }
 
 NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
@@ -42,9 +48,9 @@ GUIDANCE_PERCEPTUAL_ONLY = {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptua
 """The default since 2026-12-03 (``perceptual-guidance-only``)."""
 
 
-def exposure_at_every_guided_step(weight: float, **fields: int) -> dict[str, object]:
+def exposure_at_every_guided_step(weight: float, **fields: float) -> dict[str, object]:
     """``GUIDANCE_PERCEPTUAL_ONLY`` with the exposure term at ``weight`` at every guided step, the colour term off;
-    ``fields`` sets others (the exposure patch size)."""
+    ``fields`` sets others (the exposure patch size and tolerance)."""
     return {
         **GUIDANCE_PERCEPTUAL_ONLY,
         "exposure_weight": weight,
@@ -91,6 +97,9 @@ CANDIDATES = {
     "exposure-3e-1-all-steps": exposure_at_every_guided_step(3e-1),
     "exposure-3e-1-global-all-steps": exposure_at_every_guided_step(3e-1, exposure_patch_size=GLOBAL_PATCH),
     "exposure-1-global-all-steps": exposure_at_every_guided_step(1.0, exposure_patch_size=GLOBAL_PATCH),
+    "exposure-1-global-band-2e-1-all-steps": exposure_at_every_guided_step(
+        1.0, exposure_patch_size=GLOBAL_PATCH, exposure_tolerance=0.2
+    ),
     "f-adv-0.001-exposure-1e-1-all-steps": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-1,
@@ -151,6 +160,7 @@ def main() -> None:
     base = pipe.posterior_scheduler
     crops = training_crops(args.photos, args.size, seed=0)
     results: dict[str, dict[str, float]] = {}
+    per_crop: dict[str, dict[str, dict[str, list[float]]]] = {}  # candidate -> degradation -> crop -> one per seed
     vae_psnr = statistics.fmean(
         float(psnr(pipe.decode(encode(pipe, x), args.size, args.size).clamp(0, 1), x)) for x in crops.values()
     )
@@ -166,12 +176,12 @@ def main() -> None:
             overrides = {**LATE_EXPOSURE_COLOUR, **CANDIDATES[candidate]}
             posterior = RecurrentPosteriorScheduler.from_config(base.config, **overrides)
             method = ldrps_method(pipe, candidate, posterior, args.steps, args.recurrences)
-            scores = [
-                score.psnr
+            scores = {
+                name: [score.psnr for score in evaluate_method(method, crops[name], degraded[name], args.seeds)]
                 for name in crops
-                for score in evaluate_method(method, crops[name], degraded[name], args.seeds)
-            ]
-            results.setdefault(candidate, {})[degradation] = statistics.fmean(scores)
+            }
+            per_crop.setdefault(candidate, {})[degradation] = scores
+            results.setdefault(candidate, {})[degradation] = statistics.fmean(sum(scores.values(), []))
             print(f"{degradation} {candidate}: {results[candidate][degradation]:.2f} dB", flush=True)
 
     print("| candidate | " + " | ".join(args.degradations) + " | mean gain over input |")
@@ -181,7 +191,10 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{row[d]:.2f}" for d in args.degradations) + f" | {gain:+.2f} |")
     if args.json is not None:
         args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "psnr": results}, indent=2)
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "psnr": results, "psnr_per_crop": per_crop},
+                indent=2,
+            )
         )
 
 

@@ -36,6 +36,21 @@ def test_exposure_loss_keeps_the_last_narrower_patches():
     assert (image.grad[..., 32:, :].abs().sum(dim=1) > 0).all() and (image.grad[..., 64:].abs().sum(dim=1) > 0).all()
 
 
+def test_exposure_loss_tolerance_spares_patches_within_the_band():
+    # Patch means 0.5 (at the level), 0.35 (inside 0.5 ± 0.2) and 0.1 (0.2 below the band's floor of 0.3).
+    image = torch.zeros(1, 3, 96, 32)
+    image[:, :, :32] = 0.5
+    image[:, :, 32:64] = 0.35
+    image[:, :, 64:] = 0.1
+    assert exposure_loss(image, patch_size=32, tolerance=0.2).item() == pytest.approx(0.2**2 / 3, rel=1e-5)
+    # Tolerance 0 is the paper's loss: (0 + 0.15^2 + 0.4^2) / 3.
+    assert exposure_loss(image, patch_size=32).item() == pytest.approx((0.15**2 + 0.4**2) / 3, rel=1e-5)
+    # Inside the band a pixel gets no gradient; below it, a push upwards (a negative gradient).
+    image.requires_grad_(True)
+    exposure_loss(image, patch_size=32, tolerance=0.2).backward()
+    assert (image.grad[..., :64, :] == 0).all() and (image.grad[..., 64:, :] < 0).all()
+
+
 def test_color_loss_hand_computed():
     image = torch.zeros(1, 3, 4, 4)
     image[:, 0] = 0.6
@@ -96,6 +111,11 @@ def test_posterior_loss_sums_the_weighted_terms_and_skips_zero_weights():
     expected = 2 * plain + 0.5 * 4 + 0.1 * 3 + 0.2 * exposure_loss(estimate, 4) + 0.3 * color_loss(estimate)
     assert full.item() == pytest.approx(expected.item(), rel=1e-5)
     assert alignment.discriminator_steps == 1
+    # The exposure term takes the tolerance given.
+    banded = posterior_loss(
+        estimate, degraded, [alignment], weights(mse=0.0, exposure=1.0), exposure_tolerance=0.1, **common
+    )
+    assert banded.item() == pytest.approx(exposure_loss(estimate, 4, tolerance=0.1).item(), rel=1e-6)
     # Without a perceptual component the perceptual weight is left out.
     unweighted = posterior_loss(estimate, degraded, [alignment], weights(perceptual=0.5), exposure_patch_size=4)
     assert torch.equal(unweighted, plain)

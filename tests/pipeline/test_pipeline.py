@@ -476,3 +476,18 @@ def test_f_has_taken_its_warm_up_steps_when_the_guidance_first_uses_it(monkeypat
     monkeypatch.setattr(alignment_ldrps.AlignmentTrainer, "train_step", train_step)
     run(pipe, tiny_image(16, 16), num_inference_steps=10, recurrences=1)
     assert len(guided_at_step) == trained and guided_at_step[:3] == [False] * 3 and all(guided_at_step[3:])
+
+
+def test_exposure_tolerance_reaches_the_guidance():
+    # The exposure term alone at every guided step; a tolerance of 0.5 (a band covering [0, 1]) leaves it nothing
+    # to pull, so the result is that of no exposure term, which the paper's tolerance 0 changes.
+    pipe = tiny_pipeline()
+    exposure_only = {"mse_weight": 0.0, "perceptual_weight": 0.0, "exposure_color_start": 1000, "color_weight": 0.0}
+
+    def restored(**fields):
+        pipe.posterior_scheduler = RecurrentPosteriorScheduler(**exposure_only, **fields)
+        return run(pipe, tiny_image(16, 16), operator="identity", recurrences=0).images
+
+    none = restored(exposure_weight=0.0)
+    assert torch.equal(restored(exposure_weight=100.0, exposure_tolerance=0.5), none)
+    assert (restored(exposure_weight=100.0) - none).abs().max() > 1e-3

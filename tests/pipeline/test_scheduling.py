@@ -173,6 +173,7 @@ def test_save_and_load_config(tmp_path):
         ("posterior_scale", float("nan")),
         ("mse_weight", -1.0),
         ("exposure_patch_size", 0),
+        ("exposure_tolerance", -0.1),
         ("aligner_warmup_steps", -1),
         ("aligner_warmup_steps", 2.5),
         ("aligner_loss_weights", (1.0, 0.1)),
