@@ -86,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "color_weight": 1e-2,
         "exposure_color_start": 100,
         "exposure_patch_size": 32,
+        "exposure_tolerance": 0.0,
         "use_caption": True,
     },
     "dehaze": {
@@ -102,6 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "color_weight": 1e-3,
         "exposure_color_start": 150,
         "exposure_patch_size": 64,
+        "exposure_tolerance": 0.0,
         "use_caption": False,
     },
     # Speed, not a task: one sample (the second only trained f), 50 steps and one recurrence of 25

@@ -93,6 +93,13 @@ def test_presets_reproduce_reference_settings_and_leave_original_alone():
     assert fast.config.strength == 0.5 and base.config.num_inference_steps == 450
     with pytest.raises(ValueError, match="unknown preset"):
         base.with_preset("deblur")
+    # The task presets' exposure terms are the reference's (no dead band) whatever the base; fast keeps the base's.
+    banded = RecurrentPosteriorScheduler(exposure_tolerance=0.2)
+    assert [banded.with_preset(name).config.exposure_tolerance for name in ("lowlight", "dehaze", "fast")] == [
+        0.0,
+        0.0,
+        0.2,
+    ]
 
 
 def test_scale_is_defined_at_reference_size():
