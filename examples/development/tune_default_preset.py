@@ -31,21 +31,19 @@ ADV_0_001 = (3.0, 0.1, 0.001)
 ADV_0_01 = (3.0, 0.1, 0.01)
 ALL_GUIDED_STEPS = 700  # an exposure / colour gate at the guidance gate: the terms weigh at every guided step
 GLOBAL_PATCH = 512  # an exposure patch at least as large as the image: the term pulls the image's mean only
-LATE_EXPOSURE_COLOUR = {  # the class default's exposure and colour terms: what a candidate that names none gets
-    field: RecurrentPosteriorScheduler().config[field]
-    for field in (
-        "exposure_weight",
-        "color_weight",
-        "exposure_color_start",
-        "exposure_patch_size",
-        "exposure_tolerance",
-    )
+LATE_EXPOSURE_COLOUR = {  # what a candidate that names no exposure or colour field gets: the reference's late terms,
+    # the class default until 2026-12-03 (the default since is ``exposure-1-global-band-2e-1-all-steps``)
+    "exposure_weight": 1e-3,
+    "color_weight": 1e-3,
+    "exposure_color_start": 100,
+    "exposure_patch_size": 32,
+    "exposure_tolerance": 0.0,
 }
 
 NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
 WARMUP_100 = {"aligner_warmup_steps": 100}  # f has taken 100 steps when the guidance first uses it
 GUIDANCE_PERCEPTUAL_ONLY = {"aligner_loss_weights": (3.0, 0.0, 0.01), "perceptual_weight": 2e-3, **WARMUP_100}
-"""The default since 2026-12-03 (``perceptual-guidance-only``)."""
+"""The default's ``f`` and guidance perceptual weights since 2026-12-03 (``perceptual-guidance-only``)."""
 
 
 def exposure_at_every_guided_step(weight: float, **fields: float) -> dict[str, object]:
@@ -110,17 +108,19 @@ CANDIDATES = {
 }
 """Overrides of the model's posterior scheduler config, by name (each names its ``f`` loss weights and warm-up, so
 that it means the same whatever the shipped default; a candidate that names no exposure or colour field gets the
-class default's, ``LATE_EXPOSURE_COLOUR``). Three comparisons were run with the demo model of 2026-11-26
+reference's late terms, ``LATE_EXPOSURE_COLOUR``). Three comparisons were run with the demo model of 2026-11-26
 (README, "Presets"): ``identity-1``, the default before the first, lost to ``identity-3``; ``identity-3``,
 the default until 2026-12-02, lost to ``f-adv-0.01`` (with ``f``'s warm-up, ``f-adv-0.01-warmup-100``); once the
 model had its perceptual component (2026-12-03), that candidate's two perceptual terms lost to
-``perceptual-off`` on all nine degradations, and ``perceptual-guidance-only``, the class default since, scored
+``perceptual-off`` on all nine degradations, and ``perceptual-guidance-only``, the class default after, scored
 about as ``perceptual-off`` (mean gain over the input -0.01 against -0.04 dB). ``perceptual-off`` is the same run as
-``f-adv-0.01-warmup-100`` on a model without perceptual features. The exposure round (2026-12-03, not
-adopted): with 32 px patches the term lost on noise and rain (``exposure-1e-1-all-steps``,
-``exposure-3e-1-all-steps``); on the image's mean (``exposure-3e-1-global-all-steps``, ``exposure-1-global-all-steps``)
-it won on the two crops above (+0.54 dB at 1.0), whose means are 0.45, and cost noise and rain once
-``--photos flower grace_hopper immunohistochemistry motorcycle_left`` joined them (README, "Presets")."""
+``f-adv-0.01-warmup-100`` on a model without perceptual features. The exposure rounds (2026-12-03): with 32 px
+patches the term lost on noise and rain (``exposure-1e-1-all-steps``, ``exposure-3e-1-all-steps``); on the image's
+mean (``exposure-3e-1-global-all-steps``, ``exposure-1-global-all-steps``) it won on the two crops above (+0.54 dB at
+1.0), whose means are 0.45, and cost noise and rain once ``--photos flower grace_hopper immunohistochemistry
+motorcycle_left`` joined them; with a dead band of 0.2 around its level (``exposure-1-global-band-2e-1-all-steps``,
+the class default since) it kept the low-light gains and left the other degradations within 0.01 dB (README,
+"Presets")."""
 
 
 def training_crops(photos: list[str], size: int, seed: int) -> dict[str, torch.Tensor]:

@@ -482,7 +482,7 @@ def test_exposure_tolerance_reaches_the_guidance():
     # The exposure term alone at every guided step; a tolerance of 0.5 (a band covering [0, 1]) leaves it nothing
     # to pull, so the result is that of no exposure term, which the paper's tolerance 0 changes.
     pipe = tiny_pipeline()
-    exposure_only = {"mse_weight": 0.0, "perceptual_weight": 0.0, "exposure_color_start": 1000, "color_weight": 0.0}
+    exposure_only = {"mse_weight": 0.0, "perceptual_weight": 0.0, "exposure_patch_size": 32, "color_weight": 0.0}
 
     def restored(**fields):
         pipe.posterior_scheduler = RecurrentPosteriorScheduler(**exposure_only, **fields)
@@ -490,4 +490,4 @@ def test_exposure_tolerance_reaches_the_guidance():
 
     none = restored(exposure_weight=0.0)
     assert torch.equal(restored(exposure_weight=100.0, exposure_tolerance=0.5), none)
-    assert (restored(exposure_weight=100.0) - none).abs().max() > 1e-3
+    assert (restored(exposure_weight=100.0, exposure_tolerance=0.0) - none).abs().max() > 1e-3
