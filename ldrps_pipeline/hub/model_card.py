@@ -136,7 +136,7 @@ degraded.png -o restored --model {{ repo_id }}`, or {% endif %}for the paper's s
 
 | preset | what it is for |
 |---|---|
-| `default` | task-blind: any degradation, caption prompt, 450 + 2 x 225 steps |
+| `default` | task-blind: any degradation, caption prompt, 450 + 2 x 225 steps; its exposure term lifts only an image darker than 0.3 on average (or dims one brighter than 0.7) |
 | `lowlight` | the authors' low-light settings (caption prompt, exposure and colour terms) |
 | `dehaze` | the authors' dehazing settings (empty prompt) |
 | `denoise` | the authors' denoising settings (empty prompt) |
