@@ -15,7 +15,7 @@ from ldrps_pipeline.cli import restore as cli
 from ldrps_pipeline.cli.processes import RUN_ID_VARIABLE, launch_command
 
 
-def test_two_processes_restore_every_image_exactly_once_into_one_manifest(tmp_path):
+def test_two_processes_restore_every_image_exactly_once_into_one_manifest(model, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -26,6 +26,8 @@ def test_two_processes_restore_every_image_exactly_once_into_one_manifest(tmp_pa
     out.mkdir()
     (out / "p4.png").write_bytes(b"done before")  # an output from an earlier run: skipped, not redone
     command = [str(Path(sys.executable).parent / "ldrps-restore"), str(photos), "-o", str(out), "--num-processes", "2"]
+    # The tiny saved model (no warm-up of f): this checks the processes' shares and the manifest, not a restoration.
+    command += ["--model", model]
     command += ["--steps", "2", "--recurrences", "0", "--device", "cpu", "--quiet"]
     completed = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
