@@ -36,7 +36,8 @@ GUIDED = {"noise": "ldrps-denoise", "lowlight": "ldrps-default"}
 """The LD-RPS variant checked per degradation: the one the benchmark shows to help there."""
 
 THRESHOLDS_MEASURED_ON = (
-    "2026-12-03 (fifth session, 50 + 1 x 25 steps), with the demo model of 2026-11-26 and its perceptual component of 2026-12-03 (prior mean 10.51 dB); "
+    "2026-12-03 at 50 + 1 x 25 steps, with the demo model of 2026-11-26 and its perceptual component of 2026-12-03 "
+    "(prior mean 10.66 dB); "
     "low light with the default of 2026-12-03 (f loss weights [3.0, 0.0, 0.01], guidance perceptual weight 2e-3, "
     "the exposure term 1.0 on the image's mean with tolerance 0.2 at every guided step), both variants with f's "
     "warm-up of 100 steps (aligner_warmup_steps)"
@@ -48,7 +49,7 @@ MEASURED = {
 }
 MIN_GAIN_OVER_INPUT = {"noise": 1.2, "lowlight": 2.1}
 MIN_GAIN_OVER_PRIOR = {"noise": 9.6, "lowlight": 1.6}
-"""The prior's mean over PRIOR_SEEDS at these steps: 10.66 dB. At 100 + 1 x 50 steps (the benchmark's, until
+"""At 100 + 1 x 50 steps (the benchmark's, until
 2026-12-03) the gains over the input were 3.51 +- 0.21 (noise) and 2.75 +- 0.60 (low light). Before the default's
 exposure term (the reference's late terms, 1e-3 for t < 100), low light gained only
 0.41 +- 0.21 dB over the input and tied with the prior's mean (+0.12 +- 0.21), so it was checked against the input
@@ -64,8 +65,8 @@ def threshold(gains: list[float]) -> float:
 
 @pytest.fixture(scope="module", autouse=True)
 def two_threads(cores_per_process):
-    """The guided restorations here are the suite's heaviest (70-78 s each on one thread beside another process, 2026-12-03):
-    two torch threads, where this process has two cores to itself, take about a quarter off; the test-wide
+    """The guided restorations here are the suite's heaviest (70-78 s each on one thread beside another process,
+    2026-12-03): two torch threads, where this process has two cores to itself, take about a quarter off; the test-wide
     single thread is put back after them. MEASURED was measured on one thread: two sum in another order, some 1e-4 dB
     apart."""
     threads = torch.get_num_threads()

@@ -56,7 +56,8 @@ def run(tmp_path_factory):
     # inductor (minutes of C++ compilation on CPU) is checked on CUDA by tests/pipeline/test_gpu.py.
     # QUICK's step counts but two timed guided steps (so that the measured guided and unguided counts differ): the
     # fixture checks what a run records, in about 90 s of the suite's budget (the default counts took 160 s).
-    argv = ["--tiny", *QUICK, "--steps-measured", "2", "--dtype", "bfloat16", "--compile", "--compile-backend", "eager"]
+    argv = ["--tiny", "--steps-measured", "2", "--warmup", "1", "--check-steps", "2", "--breakdown-steps", "2"]
+    argv += ["--dtype", "bfloat16", "--compile", "--compile-backend", "eager"]
     torch._dynamo.reset()  # compiled code is cached per code object, across tests: start empty
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
