@@ -77,6 +77,15 @@ def exposure_loss(
     return ((patches - level).abs() - tolerance).clamp(min=0).square().mean()
 
 
+def exposure_input_gate(degraded: torch.Tensor, tolerance: float = 0.0, level: float = 0.5) -> torch.Tensor:
+    """1.0 where the input's mean is at least ``tolerance`` from ``level``, else 0.0: whether the exposure loss runs
+    for this input (``tolerance`` 0: always, the paper's; above it, only for an input darker than ``level -
+    tolerance`` or brighter than ``level + tolerance``, so that the input's own exposure, not the estimate's, decides
+    whether an image is taken as badly exposed). A device tensor of the batch's shape (B,): nothing is read back.
+    """
+    return ((degraded.mean(dim=(1, 2, 3)) - level).abs() >= tolerance).to(degraded.dtype)
+
+
 def color_loss(image: torch.Tensor) -> torch.Tensor:
     """Colour constancy loss ``sqrt((mr-mg)^4 + (mr-mb)^4 + (mg-mb)^4)`` on per-channel spatial means (mean over the batch)."""
     mean_r, mean_g, mean_b = image.mean(dim=(-2, -1)).unbind(dim=1)
@@ -93,6 +102,7 @@ def posterior_loss(
     *,
     exposure_patch_size: int,
     exposure_tolerance: float = 0.0,
+    exposure_input_tolerance: float = 0.0,
     perceptual_distance: PerceptualDistanceToFeatures | None = None,
     degraded_features: torch.Tensor | None = None,
     reduction: Literal["sum", "none"] = "sum",
@@ -111,12 +121,15 @@ def posterior_loss(
         weights: the weights at this step.
         exposure_patch_size: the pooling size of the exposure loss, in pixels.
         exposure_tolerance: the exposure loss's dead band around its level (:func:`exposure_loss`).
+        exposure_input_tolerance: the exposure loss runs only for an image whose input's mean is at least this
+            from the level (:func:`exposure_input_gate`; 0: every image).
         perceptual_distance: ``P`` against precomputed features; ``None`` leaves the perceptual term out.
         degraded_features: the features of ``y`` for ``perceptual_distance``, (B, ...).
         reduction: ``"sum"``, the loss of the batch (a scalar), or ``"none"``, each image's, (B,), as torch's
             losses take it; the gradient of their sum to each image's estimate is that image's alone.
     """
     losses = []
+    exposure_gates = exposure_input_gate(degraded, exposure_input_tolerance) if weights.exposure > 0 else None
     for index, (alignment, x, y) in enumerate(zip(alignments, estimates.split(1), degraded.split(1), strict=True)):
         aligned = alignment.align(x)  # 1. y_hat = f(x)
         image_loss = weights.mse * F.mse_loss(aligned, y)  # 3. MSE(y_hat, y) ...
@@ -128,7 +141,7 @@ def posterior_loss(
             alignment.train_residual_discriminator(x, aligned, y)
             image_loss = image_loss + weights.adversarial * alignment.residual_adversarial_term(x, y)
         if weights.exposure > 0:  # 4. the exposure and colour terms (zero weights above their gate)
-            image_loss = image_loss + weights.exposure * exposure_loss(
+            image_loss = image_loss + weights.exposure * exposure_gates[index] * exposure_loss(
                 x, exposure_patch_size, tolerance=exposure_tolerance
             )
         if weights.color > 0:
@@ -240,6 +253,8 @@ class PosteriorState:
         perceptual_distance: ``P`` against precomputed features, or ``None`` without a ``perceptual`` component.
         degraded_features: the perceptual features of ``y`` (computed once), or ``None``.
         exposure_tolerance: the exposure loss's dead band around its level.
+        exposure_input_tolerance: the exposure loss runs only for an image whose input's mean is at least this
+            from its level (:func:`exposure_input_gate`).
         learns_alignment: whether the alignment states learn while sampling; ``False`` with a known operator in
             place of ``f`` (``operators_ldrps``): nothing is trained, so nothing is decoded above the guidance
             gate, and below it sample 0 alone.
@@ -262,6 +277,7 @@ class PosteriorState:
     perceptual_distance: PerceptualDistanceToFeatures | None
     degraded_features: torch.Tensor | None
     exposure_tolerance: float = 0.0
+    exposure_input_tolerance: float = 0.0
     learns_alignment: bool = True
     non_finite: NonFiniteFlags | None = None
     backward_scale: float = 1.0
@@ -292,6 +308,7 @@ class PosteriorState:
             weights,
             exposure_patch_size=self.exposure_patch_size,
             exposure_tolerance=self.exposure_tolerance,
+            exposure_input_tolerance=self.exposure_input_tolerance,
             perceptual_distance=self.perceptual_distance,
             degraded_features=self.degraded_features if degraded_features is None else degraded_features,
             reduction="none",

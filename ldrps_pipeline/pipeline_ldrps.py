@@ -349,6 +349,7 @@ class LDRPSPipeline(PromptCaptioning, PromptEncoding, PosteriorGuidance, SpeedAn
             scale=scale,
             exposure_patch_size=posterior.config.exposure_patch_size,
             exposure_tolerance=posterior.config.exposure_tolerance,
+            exposure_input_tolerance=posterior.config.exposure_input_tolerance,
             perceptual_distance=self.perceptual.distance_to_features if self.perceptual is not None else None,
             degraded_features=self.perceptual(degraded).float() if self.perceptual is not None else None,
             learns_alignment=learns_alignment,

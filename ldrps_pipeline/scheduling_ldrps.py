@@ -87,6 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "exposure_color_start": 100,
         "exposure_patch_size": 32,
         "exposure_tolerance": 0.0,
+        "exposure_input_tolerance": 0.0,
         "use_caption": True,
     },
     "dehaze": {
@@ -104,6 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "exposure_color_start": 150,
         "exposure_patch_size": 64,
         "exposure_tolerance": 0.0,
+        "exposure_input_tolerance": 0.0,
         "use_caption": False,
     },
     # Speed, not a task: one sample (the second only trained f), 50 steps and one recurrence of 25
@@ -189,6 +191,7 @@ def check_config(config: Any) -> None:
         "adversarial_weight",
         "exposure_weight",
         "exposure_tolerance",
+        "exposure_input_tolerance",
         "color_weight",
         "aligner_perceptual_cap",
         "aligner_perceptual_cap_factor",
@@ -288,6 +291,7 @@ class RecurrentPosteriorScheduler(SchedulerMixin, ConfigMixin):
         exposure_color_start: int = 700,
         exposure_patch_size: int = 512,
         exposure_tolerance: float = 0.2,
+        exposure_input_tolerance: float = 0.0,
         aligner_loss_weights: tuple[float, float, float] = (3.0, 0.0, 0.01),
         aligner_warmup_steps: int = 100,
         aligner_perceptual_cap: float = 10.0,

@@ -38,6 +38,7 @@ LATE_EXPOSURE_COLOUR = {  # what a candidate that names no exposure or colour fi
     "exposure_color_start": 100,
     "exposure_patch_size": 32,
     "exposure_tolerance": 0.0,
+    "exposure_input_tolerance": 0.0,
 }
 
 NO_WARMUP = {"aligner_warmup_steps": 0}  # f trained one step per denoising step only, as until 2026-12-02
@@ -98,6 +99,12 @@ CANDIDATES = {
     "exposure-1-global-band-2e-1-all-steps": exposure_at_every_guided_step(
         1.0, exposure_patch_size=GLOBAL_PATCH, exposure_tolerance=0.2
     ),
+    **{
+        f"exposure-1-global-band-{name}-dark-input": exposure_at_every_guided_step(
+            1.0, exposure_patch_size=GLOBAL_PATCH, exposure_tolerance=tolerance, exposure_input_tolerance=0.3
+        )
+        for name, tolerance in (("2e-1", 0.2), ("1e-1", 0.1), ("0", 0.0))
+    },
     "f-adv-0.001-exposure-1e-1-all-steps": {
         "aligner_loss_weights": ADV_0_001,
         "exposure_weight": 1e-1,

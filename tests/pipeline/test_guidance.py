@@ -9,6 +9,7 @@ from ldrps_pipeline.guidance_ldrps import (
     PosteriorGuidance,
     PosteriorState,
     color_loss,
+    exposure_input_gate,
     exposure_loss,
     float16_backward_scale,
     posterior_loss,
@@ -49,6 +50,18 @@ def test_exposure_loss_tolerance_spares_patches_within_the_band():
     image.requires_grad_(True)
     exposure_loss(image, patch_size=32, tolerance=0.2).backward()
     assert (image.grad[..., :64, :] == 0).all() and (image.grad[..., 64:, :] < 0).all()
+
+
+def test_exposure_input_gate_passes_only_inputs_outside_the_band():
+    # Input means 0.1 (dark), 0.35 and 0.65 (inside 0.5 ± 0.3) and 0.9 (bright).
+    degraded = torch.stack([torch.full((3, 4, 4), level) for level in (0.1, 0.35, 0.65, 0.9)])
+    assert exposure_input_gate(degraded, tolerance=0.3).tolist() == [1.0, 0.0, 0.0, 1.0]
+    # Tolerance 0, the paper's: every input, one exactly at the level too.
+    assert exposure_input_gate(torch.full((1, 3, 4, 4), 0.5)).tolist() == [1.0]
+    # The image's mean decides, not its pixels: half black, half white is not dark.
+    half = torch.zeros(1, 3, 4, 4)
+    half[..., 2:] = 1.0
+    assert exposure_input_gate(half, tolerance=0.3).tolist() == [0.0]
 
 
 def test_color_loss_hand_computed():
@@ -116,6 +129,20 @@ def test_posterior_loss_sums_the_weighted_terms_and_skips_zero_weights():
         estimate, degraded, [alignment], weights(mse=0.0, exposure=1.0), exposure_tolerance=0.1, **common
     )
     assert banded.item() == pytest.approx(exposure_loss(estimate, 4, tolerance=0.1).item(), rel=1e-6)
+
+    # The input gate drops the exposure term of an input inside its band, and keeps it for one outside.
+    def gated(level):
+        return posterior_loss(
+            estimate,
+            torch.full_like(degraded, level),
+            [alignment],
+            weights(mse=0.0, exposure=1.0),
+            exposure_input_tolerance=0.3,
+            **common,
+        )
+
+    assert gated(0.4).item() == 0.0
+    assert gated(0.1).item() == pytest.approx(exposure_loss(estimate, 4).item(), rel=1e-6) and gated(0.1).item() > 0
     # Without a perceptual component the perceptual weight is left out.
     unweighted = posterior_loss(estimate, degraded, [alignment], weights(perceptual=0.5), exposure_patch_size=4)
     assert torch.equal(unweighted, plain)

@@ -491,3 +491,5 @@ def test_exposure_tolerance_reaches_the_guidance():
     none = restored(exposure_weight=0.0)
     assert torch.equal(restored(exposure_weight=100.0, exposure_tolerance=0.5), none)
     assert (restored(exposure_weight=100.0, exposure_tolerance=0.0) - none).abs().max() > 1e-3
+    # An input gate of 0.5 passes no input (no mean is 0.5 or more from the level 0.5 but a flat black or white one).
+    assert torch.equal(restored(exposure_weight=100.0, exposure_input_tolerance=0.5), none)

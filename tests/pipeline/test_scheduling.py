@@ -94,12 +94,10 @@ def test_presets_reproduce_reference_settings_and_leave_original_alone():
     with pytest.raises(ValueError, match="unknown preset"):
         base.with_preset("deblur")
     # The task presets' exposure terms are the reference's (no dead band) whatever the base; fast keeps the base's.
-    banded = RecurrentPosteriorScheduler(exposure_tolerance=0.2)
-    assert [banded.with_preset(name).config.exposure_tolerance for name in ("lowlight", "dehaze", "fast")] == [
-        0.0,
-        0.0,
-        0.2,
-    ]
+    banded = RecurrentPosteriorScheduler(exposure_tolerance=0.2, exposure_input_tolerance=0.3)
+    for name, expected in (("lowlight", (0.0, 0.0)), ("dehaze", (0.0, 0.0)), ("fast", (0.2, 0.3))):
+        config = banded.with_preset(name).config
+        assert (config.exposure_tolerance, config.exposure_input_tolerance) == expected
 
 
 def test_scale_is_defined_at_reference_size():
@@ -181,6 +179,7 @@ def test_save_and_load_config(tmp_path):
         ("mse_weight", -1.0),
         ("exposure_patch_size", 0),
         ("exposure_tolerance", -0.1),
+        ("exposure_input_tolerance", float("inf")),
         ("aligner_warmup_steps", -1),
         ("aligner_warmup_steps", 2.5),
         ("aligner_loss_weights", (1.0, 0.1)),
